@@ -1,0 +1,154 @@
+"""Wire constants, decision codes and cut categories: the one place they live.
+
+The kernels import these names; numba freezes module-level ints as compile-time constants.
+"""
+
+from __future__ import annotations
+
+# --- slimming rule -------------------------------------------------------------------------
+KEEP_BYTES = 24  # payload bytes that survive a cut
+MAX_CAPLEN = 262144  # captured length above this and above the snaplen is corrupt
+
+# --- decision codes (one uint8 per record) -------------------------------------------------
+CAT_KEEP = 0  # record copied byte for byte
+CAT_TLS = 1  # TLS port, first payload byte not handshake-class
+CAT_TLS_OTHER_PORT = 2  # no TLS port, first payload byte 0x17
+CAT_SSH = 3  # port 22, payload does not start with "SSH-"
+CAT_QUIC = 4  # UDP port 443
+CAT_IPSEC = 5  # UDP port 500 or 4500
+N_CATEGORIES = 6
+
+CATEGORY_NAMES = ("tls", "tls_other_port", "ssh", "quic", "ipsec")  # codes 1..5 in order
+
+# --- record kinds, as the index kernels classify them --------------------------------------
+KIND_PACKET = 0  # classic pcap record or pcapng enhanced packet block
+KIND_OTHER_PACKET = 1  # pcapng simple/obsolete packet block, or EPB of an undescribed interface
+KIND_BLOCK = 2  # pcapng block that is not a packet (copied verbatim)
+KIND_SHB = 3  # pcapng section header block
+
+# --- index kernel status codes -------------------------------------------------------------
+ST_OK = 0  # window fully consumed, or record budget reached
+ST_NEED_MORE = 1  # the record at `pos` runs past the window; `need` bytes from `pos` are wanted
+ST_CORRUPT_CAPLEN = 2  # captured length above MAX_CAPLEN and the snaplen
+ST_BAD_BLOCK_LEN = 3  # pcapng block length below 12 or not a multiple of 4
+ST_LEN_MISMATCH = 4  # pcapng leading and trailing block lengths differ
+ST_BAD_SHB = 5  # pcapng section header shorter than 28 bytes or unknown byte-order magic
+ST_BAD_IDB = 6  # pcapng interface description block shorter than 20 bytes
+ST_BAD_EPB = 7  # pcapng enhanced packet block shorter than 32 bytes or caplen does not fit
+ST_IFACE_FULL = 8  # interface table full: grow it and call again at `pos`
+ST_BAD_OPB = 9  # pcapng obsolete packet block shorter than 32 bytes or caplen does not fit
+
+# --- classic pcap --------------------------------------------------------------------------
+PCAP_MAGIC_US = 0xA1B2C3D4  # microsecond timestamps
+PCAP_MAGIC_NS = 0xA1B23C4D  # nanosecond timestamps
+PCAP_GLOBAL_HDR_LEN = 24
+PCAP_REC_HDR_LEN = 16  # ts_sec, ts_frac, incl_len, orig_len
+
+# --- pcapng --------------------------------------------------------------------------------
+PCAPNG_SHB = 0x0A0D0D0A  # section header block (byte-order independent)
+PCAPNG_IDB = 0x00000001  # interface description block
+PCAPNG_OPB = 0x00000002  # obsolete packet block
+PCAPNG_SPB = 0x00000003  # simple packet block
+PCAPNG_EPB = 0x00000006  # enhanced packet block
+PCAPNG_BOM = 0x1A2B3C4D  # byte-order magic
+PCAPNG_MIN_BLOCK = 12  # type + length + trailing length
+PCAPNG_MIN_SHB = 28
+PCAPNG_MIN_IDB = 20
+PCAPNG_MIN_EPB = 32
+PCAPNG_MIN_OPB = 32
+PCAPNG_MIN_SPB = 16
+PCAPNG_EPB_DATA = 28  # packet data offset inside an EPB/OPB
+PCAPNG_SPB_DATA = 12  # packet data offset inside an SPB
+
+# --- link types (DLT) ----------------------------------------------------------------------
+DLT_NULL = 0  # BSD loopback, 4-byte address family in host order
+DLT_EN10MB = 1  # Ethernet
+DLT_RAW_12 = 12  # raw IP on some systems
+DLT_RAW_14 = 14  # raw IP on some systems
+DLT_RAW = 101  # raw IP
+DLT_LOOP = 108  # OpenBSD loopback
+DLT_LINUX_SLL = 113  # Linux cooked capture
+DLT_IPV4 = 228  # raw IPv4
+DLT_IPV6 = 229  # raw IPv6
+DLT_LINUX_SLL2 = 276  # Linux cooked capture v2
+
+ETH_HDR_LEN = 14
+SLL_HDR_LEN = 16
+SLL_PROTO_OFF = 14
+SLL2_HDR_LEN = 20
+SLL2_PROTO_OFF = 0
+NULL_HDR_LEN = 4
+
+# BSD address families that mean IPv4 / IPv6
+AF_INET_BSD = 2
+AF_INET6_BSD_A = 10  # Linux
+AF_INET6_BSD_B = 24  # NetBSD/OpenBSD
+AF_INET6_BSD_C = 28  # FreeBSD
+AF_INET6_BSD_D = 30  # macOS
+
+# --- EtherTypes ----------------------------------------------------------------------------
+ETH_TYPE_IP = 0x0800  # IPv4
+ETH_TYPE_IP6 = 0x86DD  # IPv6
+ETH_TYPE_8021Q = 0x8100  # 802.1Q tag
+ETH_TYPE_8021AD = 0x88A8  # 802.1ad service tag
+ETH_TYPE_QINQ_OLD = 0x9100  # pre-standard QinQ tag
+ETH_TYPE_MPLS_UC = 0x8847  # MPLS unicast
+ETH_TYPE_MPLS_MC = 0x8848  # MPLS multicast
+VLAN_TAG_LEN = 4
+MPLS_LABEL_LEN = 4
+
+# --- IP ------------------------------------------------------------------------------------
+IP4_MIN_HDR = 20
+IP4_FRAG_MASK = 0x3FFF  # MF flag and fragment offset (DF excluded)
+IP4_OPT_EOL = 0  # end of option list
+IP4_OPT_NOP = 1  # no-operation
+IP4_OPT_LSRR = 3  # loose source route (type & 0x1f)
+IP4_OPT_SSRR = 9  # strict source route (type & 0x1f)
+IP4_SRR_MIN_LEN = 7
+IP6_HDR_LEN = 40
+
+IP_PROTO_HOPOPTS = 0  # IPv6 hop-by-hop options
+IP_PROTO_TCP = 6
+IP_PROTO_UDP = 17
+IP_PROTO_ROUTING = 43  # IPv6 routing header
+IP_PROTO_FRAGMENT = 44  # IPv6 fragment header
+IP_PROTO_ESP = 50
+IP_PROTO_AH = 51
+IP_PROTO_NONE = 59  # IPv6 no next header
+IP_PROTO_DSTOPTS = 60  # IPv6 destination options
+
+IP6_RT_TYPE0 = 0  # source route (deprecated), final destination = last address
+IP6_RT_TYPE2 = 2  # mobile IPv6 home address
+IP6_RT_SRH = 4  # segment routing, final destination = Segment List[0]
+
+TCP_MIN_HDR = 20
+UDP_HDR_LEN = 8
+
+# --- TLS / SSH / ports ---------------------------------------------------------------------
+TLS_CHANGE_CIPHER_SPEC = 0x14
+TLS_ALERT = 0x15
+TLS_HANDSHAKE = 0x16
+TLS_APPLICATION_DATA = 0x17
+TLS_HEARTBEAT = 0x18
+
+PORT_SSH = 22
+PORT_QUIC = 443
+PORT_IKE = 500
+PORT_IKE_NAT_T = 4500
+TLS_PORTS = (443, 853, 465, 993, 995, 8443, 5061)
+
+# --- record table: one int64 row per record, filled by the index kernels -------------------
+F_START = 0  # record start (buffer offset)
+F_END = 1  # record end (buffer offset, exclusive)
+F_DATA = 2  # frame start (buffer offset)
+F_CAPLEN = 3  # captured length of the frame
+F_KIND = 4  # KIND_* code
+F_LINK = 5  # link type of the frame, -1 when unknown
+F_CAT = 6  # CAT_* decision
+F_IP = 7  # IP header, relative to the frame start (cut records only)
+F_L4 = 8  # TCP/UDP header, relative to the frame start (cut records only)
+F_PAY = 9  # payload start, relative to the frame start (cut records only)
+F_DST = 10  # pseudo-header destination address, relative to the frame start (cut records only)
+F_OUTLEN = 11  # bytes this record occupies in the output
+F_LE = 12  # 1 when the record's header fields are little-endian
+N_FIELDS = 13

@@ -1,0 +1,254 @@
+"""The slimming pipeline: windows of input -> index kernel -> plan -> copy kernel -> writer.
+
+Memory stays bounded by the window size and the record budget, whatever the file size; the
+only exception is a single record larger than a window, which gets a window of its own size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .constants import (
+    CATEGORY_NAMES,
+    F_CAT,
+    F_END,
+    F_KIND,
+    F_LINK,
+    F_OUTLEN,
+    F_START,
+    KIND_OTHER_PACKET,
+    KIND_SHB,
+    MAX_CAPLEN,
+    N_CATEGORIES,
+    N_FIELDS,
+    ST_BAD_BLOCK_LEN,
+    ST_BAD_EPB,
+    ST_BAD_IDB,
+    ST_BAD_OPB,
+    ST_BAD_SHB,
+    ST_CORRUPT_CAPLEN,
+    ST_IFACE_FULL,
+    ST_LEN_MISMATCH,
+    ST_NEED_MORE,
+    ST_OK,
+)
+from .errors import CorruptCaptureError
+from .formats import CaptureFormat, detect_format
+from .kernels.copy import copy_records
+from .kernels.decide import is_sliced_linktype
+from .kernels.index import N_STATE, index_pcap, index_pcapng
+from .source import Bytes, Source, open_source
+from .stats import SlimStats
+
+WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
+MAX_RECORDS = 1 << 16  # rows of the record table per kernel call
+SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
+UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
+
+ProgressCallback = Callable[[int, int], None]  # (input bytes done, input bytes total)
+
+_STATUS_TEXT = {
+    ST_BAD_BLOCK_LEN: "block length is below 12 or not a multiple of 4",
+    ST_LEN_MISMATCH: "leading and trailing block lengths differ",
+    ST_BAD_SHB: "section header block is shorter than 28 bytes or has an unknown byte-order magic",
+    ST_BAD_IDB: "interface description block is shorter than 20 bytes",
+    ST_BAD_EPB: "enhanced packet block is shorter than 32 bytes or its captured length does "
+    "not fit in it",
+    ST_BAD_OPB: "packet block is shorter than 32 bytes or its captured length does not fit in it",
+}
+
+
+class Sink(Protocol):
+    """Where slim bytes go: appended in order, plus 8-byte patches at earlier offsets."""
+
+    def write(self, data: Bytes) -> None: ...
+
+    def patch(self, offset: int, data: bytes) -> None: ...
+
+
+class FdSink:
+    """Writes to an open file descriptor; patches go to already written bytes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+
+    def write(self, data: Bytes) -> None:
+        view = memoryview(data)  # type: ignore[arg-type]
+        while view.nbytes:
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.written += n
+
+    def patch(self, offset: int, data: bytes) -> None:
+        if os.pwrite(self.fd, data, offset) != len(data):
+            raise OSError(f"short write while patching offset {offset}")
+
+
+class _Sections:
+    """pcapng sections whose size changed get their section length set to -1."""
+
+    def __init__(self) -> None:
+        self.shb_out: int | None = None  # output offset of the current section header
+        self.delta = 0  # output minus input bytes of the current section
+        self.patches: list[int] = []
+
+    def feed(self, rec: npt.NDArray[np.int64], n: int, out_base: int, out_off: Bytes) -> None:
+        kinds = rec[:n, F_KIND]
+        delta = rec[:n, F_OUTLEN] - (rec[:n, F_END] - rec[:n, F_START])
+        prev = 0
+        for k in np.flatnonzero(kinds == KIND_SHB):
+            self.delta += int(delta[prev:k].sum())
+            self.close()
+            self.shb_out = out_base + int(out_off[k])
+            self.delta = 0
+            prev = int(k)
+        self.delta += int(delta[prev:n].sum())
+
+    def close(self) -> None:
+        if self.shb_out is not None and self.delta != 0:
+            self.patches.append(self.shb_out + SECTION_LEN_OFF)
+
+
+def _count(stats: SlimStats, rec: npt.NDArray[np.int64], n: int, cat_counts: Bytes) -> None:
+    kinds = rec[:n, F_KIND]
+    packets = kinds <= KIND_OTHER_PACKET
+    stats.in_pkts += int(np.count_nonzero(packets))
+    stats.records += n
+    cat_counts += np.bincount(rec[:n, F_CAT], minlength=N_CATEGORIES)
+    links = rec[:n, F_LINK][packets]
+    links = links[links >= 0]
+    if links.size:
+        values, counts = np.unique(links, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist()):
+            stats.linktypes[str(v)] = stats.linktypes.get(str(v), 0) + c
+
+
+def process(
+    path: str,
+    fd: int,
+    sink: Sink | None,
+    *,
+    on_progress: ProgressCallback | None = None,
+    use_mmap: bool = True,
+    window_bytes: int = WINDOW_BYTES,
+    max_records: int = MAX_RECORDS,
+) -> SlimStats:
+    """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None)."""
+    t0 = time.perf_counter()
+    stats = SlimStats(path=path)
+    with open_source(fd, use_mmap, window_bytes) as src:
+        stats.in_bytes = src.size
+        head_buf, _, h0, h1 = src.window(0, 24)
+        fmt = detect_format(bytes(head_buf[h0:h1]), path)
+        stats.format = fmt.name
+        out_pos = _run(path, src, fmt, sink, stats, on_progress, window_bytes, max_records)
+    stats.out_bytes = out_pos
+    stats.elapsed_ms = int((time.perf_counter() - t0) * 1000)
+    return stats
+
+
+def _run(
+    path: str,
+    src: Source,
+    fmt: CaptureFormat,
+    sink: Sink | None,
+    stats: SlimStats,
+    on_progress: ProgressCallback | None,
+    window_bytes: int,
+    max_records: int,
+) -> int:
+    rec = np.zeros((max_records, N_FIELDS), dtype=np.int64)
+    out: Bytes = np.empty(0, dtype=np.uint8)
+    cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
+    state = np.zeros(N_STATE, dtype=np.int64)
+    if_link = np.zeros(16, dtype=np.int64)
+    if_snap = np.zeros(16, dtype=np.int64)
+    sections = _Sections()
+    pcapng = fmt.name == "pcapng"
+    pos = fmt.header_len
+    out_pos = 0
+    if pos and sink is not None:
+        buf, _, s, _ = src.window(0, pos)
+        sink.write(buf[s : s + pos])
+    out_pos += pos
+    want = window_bytes
+    while pos < src.size:
+        buf, base, start, end = src.window(pos, want)
+        if pcapng:
+            n, nxt, status, need = index_pcapng(buf, start, end, state, if_link, if_snap, rec)
+        else:
+            n, nxt, status, need = index_pcap(
+                buf, start, end, int(fmt.little_endian), fmt.snaplen, fmt.linktype, rec
+            )
+        if n:
+            outlen = rec[:n, F_OUTLEN]
+            out_off = np.empty(n, dtype=np.int64)
+            out_off[0] = 0
+            np.cumsum(outlen[:-1], out=out_off[1:])
+            total = int(out_off[-1] + outlen[-1])
+            if sink is not None:
+                if out.shape[0] < total:
+                    out = np.empty(max(total, window_bytes), dtype=np.uint8)
+                copy_records(buf, rec, n, out, out_off, pcapng)
+                sink.write(out[:total])
+            if pcapng:
+                sections.feed(rec, n, out_pos, out_off)
+            _count(stats, rec, n, cat_counts)
+            out_pos += total
+        record_no = stats.records + 1  # the record the status speaks of
+        pos = base + nxt
+        want = window_bytes
+        if status == ST_NEED_MORE:
+            if base + end >= src.size:  # the file ends inside this record: keep it verbatim
+                tail = src.size - pos
+                if sink is not None:
+                    tbuf, _, ts, _ = src.window(pos, tail)
+                    sink.write(tbuf[ts : ts + tail])
+                stats.tail_bytes = tail
+                out_pos += tail
+                pos = src.size
+            elif n == 0:
+                want = max(window_bytes, need)
+        elif status == ST_IFACE_FULL:
+            if_link = np.concatenate([if_link, np.zeros_like(if_link)])
+            if_snap = np.concatenate([if_snap, np.zeros_like(if_snap)])
+        elif status == ST_CORRUPT_CAPLEN:
+            raise CorruptCaptureError(
+                path,
+                record_no,
+                pos,
+                f"captured length {_caplen_at(buf, pos - base, fmt, state)} exceeds "
+                f"{MAX_CAPLEN} bytes and the snaplen",
+            )
+        elif status != ST_OK:
+            raise CorruptCaptureError(path, record_no, pos, _STATUS_TEXT[status])
+        if on_progress is not None:
+            on_progress(pos, src.size)
+    sections.close()
+    if sink is not None:
+        for off in sections.patches:
+            sink.patch(off, UNSPECIFIED_SECTION_LEN)
+    for code, name in enumerate(CATEGORY_NAMES, start=1):
+        stats.truncated_by[name] = int(cat_counts[code])
+    stats.truncated = int(cat_counts[1:].sum())
+    stats.unsliced_linktypes = sorted(
+        int(k) for k in stats.linktypes if not is_sliced_linktype(int(k))
+    )
+    return out_pos
+
+
+def _caplen_at(buf: Bytes, i: int, fmt: CaptureFormat, state: npt.NDArray[np.int64]) -> int:
+    if fmt.name == "pcap":
+        le = fmt.little_endian
+        field = bytes(buf[i + 8 : i + 12])
+    else:
+        le = bool(state[0])
+        field = bytes(buf[i + 20 : i + 24])
+    return int.from_bytes(field, "little" if le else "big")

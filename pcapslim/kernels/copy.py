@@ -1,0 +1,109 @@
+"""Copy kernel: kept records byte for byte, cut records shortened with lengths and checksums
+patched (SPEC §2)."""
+
+from __future__ import annotations
+
+from ..constants import (
+    CAT_KEEP,
+    CAT_IPSEC,
+    CAT_QUIC,
+    F_CAPLEN,
+    F_CAT,
+    F_DATA,
+    F_DST,
+    F_END,
+    F_IP,
+    F_L4,
+    F_LE,
+    F_PAY,
+    F_START,
+    IP6_HDR_LEN,
+    IP_PROTO_TCP,
+    IP_PROTO_UDP,
+    KEEP_BYTES,
+    PCAP_REC_HDR_LEN,
+    PCAPNG_EPB_DATA,
+    UDP_HDR_LEN,
+)
+from .index import pad4
+from .policy import jit
+from .wire import fold, put16be, put32, sum16
+
+
+@jit
+def patch_cut_frame(out, f0, ip, l4, pay, dst, cat):
+    """Fix IP lengths and checksums of a frame already cut to pay + KEEP_BYTES at out[f0:]."""
+    ip += f0
+    l4 += f0
+    dst += f0
+    end = f0 + pay + KEEP_BYTES
+    udp = cat == CAT_QUIC or cat == CAT_IPSEC
+    proto = IP_PROTO_UDP if udp else IP_PROTO_TCP
+    seg_len = end - l4
+    if (int(out[ip]) >> 4) == 4:
+        ihl = (int(out[ip]) & 0x0F) * 4
+        put16be(out, ip + 2, end - ip)
+        put16be(out, ip + 10, 0)
+        put16be(out, ip + 10, fold(sum16(out, ip, ihl)))
+        pseudo = sum16(out, ip + 12, 4) + sum16(out, dst, 4) + proto + seg_len
+    else:
+        put16be(out, ip + 4, end - (ip + IP6_HDR_LEN))
+        pseudo = sum16(out, ip + 8, 16) + sum16(out, dst, 16) + proto + seg_len
+    if udp:
+        put16be(out, l4 + 4, UDP_HDR_LEN + KEEP_BYTES)
+        put16be(out, l4 + 6, 0)
+        c = fold(pseudo + sum16(out, l4, seg_len))
+        if c == 0:
+            c = 0xFFFF
+        put16be(out, l4 + 6, c)
+    else:
+        put16be(out, l4 + 16, 0)
+        put16be(out, l4 + 16, fold(pseudo + sum16(out, l4, seg_len)))
+
+
+@jit
+def copy_bytes(out, o, buf, s, e):
+    out[o : o + (e - s)] = buf[s:e]
+    return o + (e - s)
+
+
+@jit
+def copy_records(buf, rec, n, out, out_off, pcapng):
+    """Write records 0..n-1 into out at out_off[i]; runs of kept records copy in one go."""
+    i = 0
+    while i < n:
+        s = rec[i, F_START]
+        e = rec[i, F_END]
+        o = out_off[i]
+        if rec[i, F_CAT] == CAT_KEEP:
+            j = i + 1
+            while j < n and rec[j, F_CAT] == CAT_KEEP and rec[j, F_START] == e:
+                e = rec[j, F_END]
+                j += 1
+            copy_bytes(out, o, buf, s, e)
+            i = j
+            continue
+        data = rec[i, F_DATA]
+        pay = rec[i, F_PAY]
+        kept = pay + KEEP_BYTES
+        le = rec[i, F_LE]
+        if pcapng:
+            caplen = rec[i, F_CAPLEN]
+            o = copy_bytes(out, o, buf, s, data)
+            f0 = o
+            o = copy_bytes(out, o, buf, data, data + kept)
+            for _ in range(pad4(kept) - kept):
+                out[o] = 0
+                o += 1
+            o = copy_bytes(out, o, buf, data + pad4(caplen), e - 4)
+            blen = o + 4 - out_off[i]
+            put32(out, o, blen, le)
+            put32(out, out_off[i] + 4, blen, le)
+            put32(out, out_off[i] + PCAPNG_EPB_DATA - 8, kept, le)
+        else:
+            o = copy_bytes(out, o, buf, s, data)
+            put32(out, o - PCAP_REC_HDR_LEN + 8, kept, le)
+            f0 = o
+            copy_bytes(out, o, buf, data, data + kept)
+        patch_cut_frame(out, f0, rec[i, F_IP], rec[i, F_L4], pay, rec[i, F_DST], rec[i, F_CAT])
+        i += 1

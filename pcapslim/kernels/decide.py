@@ -1,0 +1,297 @@
+"""The per-packet decision of SPEC §1 and §3: find the IP header, walk to TCP/UDP, decide."""
+
+from __future__ import annotations
+
+from ..constants import (
+    AF_INET6_BSD_A,
+    AF_INET6_BSD_B,
+    AF_INET6_BSD_C,
+    AF_INET6_BSD_D,
+    AF_INET_BSD,
+    CAT_IPSEC,
+    CAT_KEEP,
+    CAT_QUIC,
+    CAT_SSH,
+    CAT_TLS,
+    CAT_TLS_OTHER_PORT,
+    DLT_EN10MB,
+    DLT_IPV4,
+    DLT_IPV6,
+    DLT_LINUX_SLL,
+    DLT_LINUX_SLL2,
+    DLT_LOOP,
+    DLT_NULL,
+    DLT_RAW,
+    DLT_RAW_12,
+    DLT_RAW_14,
+    ETH_HDR_LEN,
+    ETH_TYPE_8021AD,
+    ETH_TYPE_8021Q,
+    ETH_TYPE_IP,
+    ETH_TYPE_IP6,
+    ETH_TYPE_MPLS_MC,
+    ETH_TYPE_MPLS_UC,
+    ETH_TYPE_QINQ_OLD,
+    IP4_FRAG_MASK,
+    IP4_MIN_HDR,
+    IP4_OPT_EOL,
+    IP4_OPT_LSRR,
+    IP4_OPT_NOP,
+    IP4_OPT_SSRR,
+    IP4_SRR_MIN_LEN,
+    IP6_HDR_LEN,
+    IP6_RT_SRH,
+    IP6_RT_TYPE0,
+    IP6_RT_TYPE2,
+    IP_PROTO_AH,
+    IP_PROTO_DSTOPTS,
+    IP_PROTO_HOPOPTS,
+    IP_PROTO_ROUTING,
+    IP_PROTO_TCP,
+    IP_PROTO_UDP,
+    KEEP_BYTES,
+    MPLS_LABEL_LEN,
+    NULL_HDR_LEN,
+    PORT_IKE,
+    PORT_IKE_NAT_T,
+    PORT_QUIC,
+    PORT_SSH,
+    SLL2_HDR_LEN,
+    SLL2_PROTO_OFF,
+    SLL_HDR_LEN,
+    SLL_PROTO_OFF,
+    TCP_MIN_HDR,
+    TLS_ALERT,
+    TLS_APPLICATION_DATA,
+    TLS_CHANGE_CIPHER_SPEC,
+    TLS_HANDSHAKE,
+    TLS_HEARTBEAT,
+    UDP_HDR_LEN,
+    VLAN_TAG_LEN,
+)
+from .policy import jit
+from .wire import be16, u32
+
+
+@jit
+def is_sliced_linktype(linktype):
+    return (
+        linktype == DLT_EN10MB
+        or linktype == DLT_LINUX_SLL
+        or linktype == DLT_LINUX_SLL2
+        or linktype == DLT_RAW
+        or linktype == DLT_RAW_12
+        or linktype == DLT_RAW_14
+        or linktype == DLT_IPV4
+        or linktype == DLT_IPV6
+        or linktype == DLT_NULL
+        or linktype == DLT_LOOP
+    )
+
+
+@jit
+def is_tls_port(p):
+    return p == 443 or p == 853 or p == 465 or p == 993 or p == 995 or p == 8443 or p == 5061
+
+
+@jit
+def is_handshake_class(b):
+    return b == TLS_CHANGE_CIPHER_SPEC or b == TLS_ALERT or b == TLS_HANDSHAKE or b == TLS_HEARTBEAT
+
+
+@jit
+def ip_by_nibble(buf, p, fend):
+    """(IP header offset, version) by the version nibble at p; (-1, 0) when neither 4 nor 6."""
+    if p >= fend:
+        return -1, 0
+    v = int(buf[p]) >> 4
+    if v == 4 or v == 6:
+        return p, v
+    return -1, 0
+
+
+@jit
+def ip_after_ethertype(buf, type_off, hdr_end, fend):
+    """Follow an EtherType through VLAN tags and MPLS labels to the IP header."""
+    if hdr_end > fend:
+        return -1, 0
+    et = be16(buf, type_off)
+    p = hdr_end
+    while et == ETH_TYPE_8021Q or et == ETH_TYPE_8021AD or et == ETH_TYPE_QINQ_OLD:
+        if p + VLAN_TAG_LEN > fend:
+            return -1, 0
+        et = be16(buf, p + 2)
+        p += VLAN_TAG_LEN
+    if et == ETH_TYPE_MPLS_UC or et == ETH_TYPE_MPLS_MC:
+        while True:
+            if p + MPLS_LABEL_LEN > fend:
+                return -1, 0
+            bottom = int(buf[p + 2]) & 1
+            p += MPLS_LABEL_LEN
+            if bottom:
+                break
+        return ip_by_nibble(buf, p, fend)
+    if et == ETH_TYPE_IP:
+        return p, 4
+    if et == ETH_TYPE_IP6:
+        return p, 6
+    return -1, 0
+
+
+@jit
+def find_ip(buf, f0, fend, linktype):
+    """(IP header offset, 4 or 6) for a frame at [f0, fend), or (-1, 0)."""
+    if linktype == DLT_EN10MB:
+        return ip_after_ethertype(buf, f0 + 12, f0 + ETH_HDR_LEN, fend)
+    if linktype == DLT_LINUX_SLL:
+        return ip_after_ethertype(buf, f0 + SLL_PROTO_OFF, f0 + SLL_HDR_LEN, fend)
+    if linktype == DLT_LINUX_SLL2:
+        return ip_after_ethertype(buf, f0 + SLL2_PROTO_OFF, f0 + SLL2_HDR_LEN, fend)
+    if (
+        linktype == DLT_RAW
+        or linktype == DLT_RAW_12
+        or linktype == DLT_RAW_14
+        or linktype == DLT_IPV4
+        or linktype == DLT_IPV6
+    ):
+        return ip_by_nibble(buf, f0, fend)
+    if linktype == DLT_NULL or linktype == DLT_LOOP:
+        if f0 + NULL_HDR_LEN > fend:
+            return -1, 0
+        for le in (1, 0):
+            fam = u32(buf, f0, le)
+            if fam == AF_INET_BSD:
+                return f0 + NULL_HDR_LEN, 4
+            if (
+                fam == AF_INET6_BSD_A
+                or fam == AF_INET6_BSD_B
+                or fam == AF_INET6_BSD_C
+                or fam == AF_INET6_BSD_D
+            ):
+                return f0 + NULL_HDR_LEN, 6
+    return -1, 0
+
+
+@jit
+def ip4_pseudo_dst(buf, ip, ihl):
+    """Offset of the pseudo-header destination: last hop of the first source route, or dst."""
+    o = ip + IP4_MIN_HDR
+    hend = ip + ihl
+    while o < hend:
+        t = int(buf[o])
+        if t == IP4_OPT_EOL:
+            break
+        if t == IP4_OPT_NOP:
+            o += 1
+            continue
+        if o + 1 >= hend:
+            break
+        ln = int(buf[o + 1])
+        if ln < 2 or o + ln > hend:
+            break
+        kind = t & 0x1F
+        if (kind == IP4_OPT_LSRR or kind == IP4_OPT_SSRR) and ln >= IP4_SRR_MIN_LEN:
+            return o + ln - 4
+        o += ln
+    return ip + 16
+
+
+@jit
+def decide_frame(buf, f0, caplen, linktype):
+    """Decide one frame: (category, ip, l4, payload, pseudo_dst), offsets relative to f0.
+
+    Offsets are meaningful only when the category is not CAT_KEEP.
+    """
+    fend = f0 + caplen
+    ip, ver = find_ip(buf, f0, fend, linktype)
+    if ip < 0:
+        return CAT_KEEP, 0, 0, 0, 0
+    dst = 0
+    if ver == 4:
+        if ip + IP4_MIN_HDR > fend:
+            return CAT_KEEP, 0, 0, 0, 0
+        b0 = int(buf[ip])
+        ihl = (b0 & 0x0F) * 4
+        if (b0 >> 4) != 4 or ihl < IP4_MIN_HDR or ip + ihl > fend:
+            return CAT_KEEP, 0, 0, 0, 0
+        if be16(buf, ip + 6) & IP4_FRAG_MASK:
+            return CAT_KEEP, 0, 0, 0, 0
+        proto = int(buf[ip + 9])
+        if proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
+            return CAT_KEEP, 0, 0, 0, 0
+        total = be16(buf, ip + 2)
+        if total == 0:
+            return CAT_KEEP, 0, 0, 0, 0
+        ip_end = ip + total
+        l4 = ip + ihl
+    else:
+        if ip + IP6_HDR_LEN > fend or (int(buf[ip]) >> 4) != 6:
+            return CAT_KEEP, 0, 0, 0, 0
+        ip_end = ip + IP6_HDR_LEN + be16(buf, ip + 4)
+        proto = int(buf[ip + 6])
+        p = ip + IP6_HDR_LEN
+        dst = ip + 24
+        routed = False
+        while proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
+            if proto == IP_PROTO_HOPOPTS or proto == IP_PROTO_ROUTING or proto == IP_PROTO_DSTOPTS:
+                if p + 2 > fend:
+                    return CAT_KEEP, 0, 0, 0, 0
+                hl = (int(buf[p + 1]) + 1) * 8
+            elif proto == IP_PROTO_AH:
+                if p + 2 > fend:
+                    return CAT_KEEP, 0, 0, 0, 0
+                hl = (int(buf[p + 1]) + 2) * 4
+            else:  # fragment, ESP, no-next, unknown
+                return CAT_KEEP, 0, 0, 0, 0
+            if p + hl > fend:
+                return CAT_KEEP, 0, 0, 0, 0
+            if proto == IP_PROTO_ROUTING and not routed and int(buf[p + 3]) > 0:
+                routed = True
+                rtype = int(buf[p + 2])
+                if rtype == IP6_RT_TYPE0:
+                    n_addr = int(buf[p + 1]) // 2
+                    if n_addr > 0:
+                        dst = p + 8 + (n_addr - 1) * 16
+                elif (rtype == IP6_RT_TYPE2 or rtype == IP6_RT_SRH) and hl >= 24:
+                    dst = p + 8
+            proto = int(buf[p])
+            p += hl
+        l4 = p
+    if proto == IP_PROTO_TCP:
+        if l4 + TCP_MIN_HDR > fend:
+            return CAT_KEEP, 0, 0, 0, 0
+        doff = (int(buf[l4 + 12]) >> 4) * 4
+        if doff < TCP_MIN_HDR or l4 + doff > fend:
+            return CAT_KEEP, 0, 0, 0, 0
+        pay = l4 + doff
+    else:
+        if l4 + UDP_HDR_LEN > fend:
+            return CAT_KEEP, 0, 0, 0, 0
+        pay = l4 + UDP_HDR_LEN
+    pend = ip_end if ip_end < fend else fend
+    if pend - pay <= KEEP_BYTES:
+        return CAT_KEEP, 0, 0, 0, 0
+    sport = be16(buf, l4)
+    dport = be16(buf, l4 + 2)
+    cat = CAT_KEEP
+    if proto == IP_PROTO_TCP:
+        first = int(buf[pay])
+        tls_port = is_tls_port(sport) or is_tls_port(dport)
+        if tls_port and not is_handshake_class(first):
+            cat = CAT_TLS
+        elif not tls_port and first == TLS_APPLICATION_DATA:
+            cat = CAT_TLS_OTHER_PORT
+        elif (sport == PORT_SSH or dport == PORT_SSH) and not (
+            buf[pay] == 0x53 and buf[pay + 1] == 0x53 and buf[pay + 2] == 0x48 and buf[pay + 3] == 0x2D
+        ):
+            cat = CAT_SSH
+    else:
+        if sport == PORT_QUIC or dport == PORT_QUIC:
+            cat = CAT_QUIC
+        elif sport == PORT_IKE or dport == PORT_IKE or sport == PORT_IKE_NAT_T or dport == PORT_IKE_NAT_T:
+            cat = CAT_IPSEC
+    if cat == CAT_KEEP:
+        return CAT_KEEP, 0, 0, 0, 0
+    if ver == 4:
+        dst = ip4_pseudo_dst(buf, ip, (int(buf[ip]) & 0x0F) * 4)
+    return cat, ip - f0, l4 - f0, pay - f0, dst - f0

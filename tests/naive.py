@@ -1,0 +1,387 @@
+"""Slow, obvious twins of the kernels, written straight from SPEC.md §1-4 in plain Python.
+
+Nothing here imports pcapslim: these functions are the second implementation that the kernels
+are checked against.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+KEEP = 24
+TLS_PORTS = {443, 853, 465, 993, 995, 8443, 5061}
+HANDSHAKE_CLASS = {0x14, 0x15, 0x16, 0x18}
+VLAN_TYPES = {0x8100, 0x88A8, 0x9100}
+MPLS_TYPES = {0x8847, 0x8848}
+RAW_LINKS = {101, 12, 14, 228, 229}
+NULL_LINKS = {0, 108}
+SLICED = {1, 113, 276} | RAW_LINKS | NULL_LINKS
+
+
+@dataclass
+class Verdict:
+    category: str | None  # None: keep
+    frame: bytes  # the frame as it is written out
+
+
+def _ip_start(f: bytes, link: int) -> tuple[int, int] | None:
+    """(offset, version) of the IP header, or None."""
+
+    def after_type(etype_at: int, hdr: int) -> tuple[int, int] | None:
+        if len(f) < hdr:
+            return None
+        etype = int.from_bytes(f[etype_at : etype_at + 2], "big")
+        at = hdr
+        while etype in VLAN_TYPES:
+            if len(f) < at + 4:
+                return None
+            etype = int.from_bytes(f[at + 2 : at + 4], "big")
+            at += 4
+        if etype in MPLS_TYPES:
+            while True:
+                if len(f) < at + 4:
+                    return None
+                label = f[at : at + 4]
+                at += 4
+                if label[2] & 1:
+                    break
+            return by_version(at)
+        return {0x0800: (at, 4), 0x86DD: (at, 6)}.get(etype)
+
+    def by_version(at: int) -> tuple[int, int] | None:
+        if at >= len(f):
+            return None
+        v = f[at] >> 4
+        return (at, v) if v in (4, 6) else None
+
+    if link == 1:
+        return after_type(12, 14)
+    if link == 113:
+        return after_type(14, 16)
+    if link == 276:
+        return after_type(0, 20)
+    if link in RAW_LINKS:
+        return by_version(0)
+    if link in NULL_LINKS:
+        if len(f) < 4:
+            return None
+        for order in ("little", "big"):
+            fam = int.from_bytes(f[:4], order)
+            if fam == 2:
+                return (4, 4)
+            if fam in (10, 24, 28, 30):
+                return (4, 6)
+    return None
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ip4_route_dst(hdr: bytes) -> bytes:
+    opts = hdr[20:]
+    i = 0
+    while i < len(opts):
+        t = opts[i]
+        if t == 0:
+            break
+        if t == 1:
+            i += 1
+            continue
+        if i + 1 >= len(opts):
+            break
+        ln = opts[i + 1]
+        if ln < 2 or i + ln > len(opts):
+            break
+        if (t & 0x1F) in (3, 9) and ln >= 7:
+            return opts[i + ln - 4 : i + ln]
+        i += ln
+    return hdr[16:20]
+
+
+def decide(frame: bytes, link: int) -> Verdict:
+    """SPEC §1 decision and §2 cut for one frame."""
+    keep = Verdict(None, frame)
+    if link not in SLICED:
+        return keep
+    found = _ip_start(frame, link)
+    if found is None:
+        return keep
+    ip, ver = found
+    if ver == 4:
+        if len(frame) < ip + 20:
+            return keep
+        ihl = (frame[ip] & 15) * 4
+        if frame[ip] >> 4 != 4 or ihl < 20 or len(frame) < ip + ihl:
+            return keep
+        if int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF:
+            return keep
+        proto = frame[ip + 9]
+        if proto not in (6, 17):
+            return keep
+        total = int.from_bytes(frame[ip + 2 : ip + 4], "big")
+        if total == 0:
+            return keep
+        dgram_end = ip + total
+        l4 = ip + ihl
+        route_dst = None
+    else:
+        if len(frame) < ip + 40 or frame[ip] >> 4 != 6:
+            return keep
+        dgram_end = ip + 40 + int.from_bytes(frame[ip + 4 : ip + 6], "big")
+        nxt = frame[ip + 6]
+        at = ip + 40
+        route_dst = None
+        routing_seen = False
+        while nxt not in (6, 17):
+            if nxt in (0, 43, 60):
+                if len(frame) < at + 2:
+                    return keep
+                size = 8 + 8 * frame[at + 1]
+            elif nxt == 51:
+                if len(frame) < at + 2:
+                    return keep
+                size = 4 * (frame[at + 1] + 2)
+            else:
+                return keep
+            if len(frame) < at + size:
+                return keep
+            ext = frame[at : at + size]
+            if nxt == 43 and ext[3] > 0 and not routing_seen:
+                routing_seen = True
+                if ext[2] == 0 and ext[1] // 2 >= 1:
+                    last = ext[1] // 2 - 1
+                    route_dst = ext[8 + 16 * last : 24 + 16 * last]
+                elif ext[2] in (2, 4) and size >= 24:
+                    route_dst = ext[8:24]
+            nxt = ext[0]
+            at += size
+        proto = nxt
+        l4 = at
+    if proto == 6:
+        if len(frame) < l4 + 20:
+            return keep
+        hl = 4 * (frame[l4 + 12] >> 4)
+        if hl < 20 or len(frame) < l4 + hl:
+            return keep
+        payload_at = l4 + hl
+    else:
+        if len(frame) < l4 + 8:
+            return keep
+        payload_at = l4 + 8
+    payload = frame[payload_at : min(dgram_end, len(frame))]
+    if len(payload) <= KEEP:
+        return keep
+    sport, dport = struct.unpack("!HH", frame[l4 : l4 + 4])
+    ports = {sport, dport}
+    category = None
+    if proto == 6:
+        if ports & TLS_PORTS and payload[0] not in HANDSHAKE_CLASS:
+            category = "tls"
+        elif not ports & TLS_PORTS and payload[0] == 0x17:
+            category = "tls_other_port"
+        elif 22 in ports and payload[:4] != b"SSH-":
+            category = "ssh"
+    elif 443 in ports:
+        category = "quic"
+    elif ports & {500, 4500}:
+        category = "ipsec"
+    if category is None:
+        return keep
+    return Verdict(category, _cut(frame, ip, ver, proto, l4, payload_at, route_dst))
+
+
+def _cut(
+    frame: bytes, ip: int, ver: int, proto: int, l4: int, payload_at: int, route_dst: bytes | None
+) -> bytes:
+    end = payload_at + KEEP
+    f = bytearray(frame[:end])
+    if ver == 4:
+        ihl = (f[ip] & 15) * 4
+        f[ip + 2 : ip + 4] = (end - ip).to_bytes(2, "big")
+        f[ip + 10 : ip + 12] = b"\0\0"
+        f[ip + 10 : ip + 12] = _csum(bytes(f[ip : ip + ihl])).to_bytes(2, "big")
+        src = bytes(f[ip + 12 : ip + 16])
+        dst = _ip4_route_dst(bytes(f[ip : ip + ihl]))
+        pseudo = src + dst + bytes([0, proto]) + (end - l4).to_bytes(2, "big")
+    else:
+        f[ip + 4 : ip + 6] = (end - ip - 40).to_bytes(2, "big")
+        src = bytes(f[ip + 8 : ip + 24])
+        dst = route_dst if route_dst is not None else bytes(f[ip + 24 : ip + 40])
+        pseudo = src + dst + (end - l4).to_bytes(4, "big") + bytes([0, 0, 0, proto])
+    if proto == 6:
+        f[l4 + 16 : l4 + 18] = b"\0\0"
+        f[l4 + 16 : l4 + 18] = _csum(pseudo + bytes(f[l4:end])).to_bytes(2, "big")
+    else:
+        f[l4 + 4 : l4 + 6] = (8 + KEEP).to_bytes(2, "big")
+        f[l4 + 6 : l4 + 8] = b"\0\0"
+        c = _csum(pseudo + bytes(f[l4:end]))
+        f[l4 + 6 : l4 + 8] = (c or 0xFFFF).to_bytes(2, "big")
+    return bytes(f)
+
+
+# --- whole files ----------------------------------------------------------------------------
+
+
+class NaiveError(Exception):
+    pass
+
+
+@dataclass
+class NaiveResult:
+    data: bytes
+    packets: int
+    categories: dict[str, int]
+    tail: int
+
+
+def slim_bytes(data: bytes) -> NaiveResult:
+    """SPEC §4 for a whole file held in memory."""
+    if len(data) < 24:
+        raise NaiveError("short")
+    for order in ("<", ">"):
+        if struct.unpack(order + "I", data[:4])[0] in (0xA1B2C3D4, 0xA1B23C4D):
+            return _slim_pcap(data, order)
+    if data[:4] == b"\x0a\x0d\x0d\x0a":
+        return _slim_pcapng(data)
+    raise NaiveError("magic")
+
+
+def _slim_pcap(data: bytes, order: str) -> NaiveResult:
+    snaplen, link = struct.unpack(order + "II", data[16:24])
+    link &= 0xFFFF
+    out = [data[:24]]
+    cats: dict[str, int] = {}
+    pos, packets = 24, 0
+    while pos < len(data):
+        if len(data) - pos < 16:
+            break
+        ts_s, ts_f, incl, orig = struct.unpack(order + "IIII", data[pos : pos + 16])
+        if incl > 262144 and incl > snaplen:
+            raise NaiveError(f"corrupt record {packets + 1} at {pos}")
+        if pos + 16 + incl > len(data):
+            break
+        v = decide(data[pos + 16 : pos + 16 + incl], link)
+        if v.category:
+            cats[v.category] = cats.get(v.category, 0) + 1
+        out.append(struct.pack(order + "IIII", ts_s, ts_f, len(v.frame), orig) + v.frame)
+        packets += 1
+        pos += 16 + incl
+    out.append(data[pos:])
+    return NaiveResult(b"".join(out), packets, cats, len(data) - pos)
+
+
+def _pad(n: int) -> int:
+    return -n % 4
+
+
+def _slim_pcapng(data: bytes) -> NaiveResult:
+    pos, packets = 0, 0
+    cats: dict[str, int] = {}
+    sections: list[list[bytes]] = []  # each: [shb, blocks...]
+    changed: list[bool] = []
+    order = "<"
+    ifaces: list[tuple[int, int]] = []
+    tail = b""
+    while pos < len(data):
+        rest = len(data) - pos
+        if rest < 8:
+            tail = data[pos:]
+            break
+        if data[pos : pos + 4] == b"\x0a\x0d\x0d\x0a":
+            if rest < 12:
+                tail = data[pos:]
+                break
+            bom = data[pos + 8 : pos + 12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                blk_order = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                blk_order = ">"
+            else:
+                raise NaiveError("bom")
+            btype = 0x0A0D0D0A
+        else:
+            blk_order = order
+            btype = struct.unpack(order + "I", data[pos : pos + 4])[0]
+        blen = struct.unpack(blk_order + "I", data[pos + 4 : pos + 8])[0]
+        if blen < 12 or blen % 4:
+            raise NaiveError("block length")
+        minimum = {0x0A0D0D0A: 28, 1: 20, 6: 32, 2: 32}.get(btype, 12)
+        if blen < minimum:
+            raise NaiveError("block too short")
+        if btype in (6, 2):
+            if rest < 28:
+                tail = data[pos:]
+                break
+            if btype == 6:
+                iface = struct.unpack(order + "I", data[pos + 8 : pos + 12])[0]
+            else:
+                iface = struct.unpack(order + "H", data[pos + 8 : pos + 10])[0]
+            caplen = struct.unpack(order + "I", data[pos + 20 : pos + 24])[0]
+            snap = ifaces[iface][1] if iface < len(ifaces) else 0
+            if snap and caplen > 262144 and caplen > snap:
+                raise NaiveError("corrupt caplen")
+            if 28 + caplen + 4 > blen:
+                raise NaiveError("caplen does not fit")
+        if pos + blen > len(data):
+            tail = data[pos:]
+            break
+        block = data[pos : pos + blen]
+        if struct.unpack(blk_order + "I", block[-4:])[0] != blen:
+            raise NaiveError("trailing length")
+        pos += blen
+        if btype == 0x0A0D0D0A:
+            order = blk_order
+            ifaces = []
+            sections.append([block])
+            changed.append(False)
+            continue
+        if btype == 1:
+            link, snap = struct.unpack(order + "H2xI", block[8:16])
+            ifaces.append((link, snap))
+        elif btype in (2, 3):
+            packets += 1
+        elif btype == 6:
+            packets += 1
+            if iface < len(ifaces):
+                frame = block[28 : 28 + caplen]
+                v = decide(frame, ifaces[iface][0])
+                if v.category:
+                    cats[v.category] = cats.get(v.category, 0) + 1
+                    opts = block[28 + caplen + _pad(caplen) : -4]
+                    body = (
+                        block[8:20]
+                        + struct.pack(order + "II", len(v.frame), block_orig(block, order))
+                        + v.frame
+                        + b"\0" * _pad(len(v.frame))
+                        + opts
+                    )
+                    new_len = len(body) + 12
+                    new = (
+                        block[:4]
+                        + struct.pack(order + "I", new_len)
+                        + body
+                        + struct.pack(order + "I", new_len)
+                    )
+                    changed[-1] = changed[-1] or len(new) != len(block)
+                    block = new
+        sections[-1].append(block)
+    out = []
+    for blocks, did_change in zip(sections, changed):
+        shb = blocks[0]
+        if did_change:
+            shb = shb[:16] + b"\xff" * 8 + shb[24:]
+        out.append(shb)
+        out.extend(blocks[1:])
+    out.append(tail)
+    return NaiveResult(b"".join(out), packets, cats, len(tail))
+
+
+def block_orig(block: bytes, order: str) -> int:
+    return int(struct.unpack(order + "I", block[24:28])[0])
