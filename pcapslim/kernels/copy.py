@@ -3,6 +3,8 @@ patched (SPEC §2)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..constants import (
     CAT_KEEP,
     CAT_IPSEC,
@@ -40,8 +42,8 @@ def patch_cut_frame(out, f0, ip, l4, pay, dst, cat):
     udp = cat == CAT_QUIC or cat == CAT_IPSEC
     proto = IP_PROTO_UDP if udp else IP_PROTO_TCP
     seg_len = end - l4
-    if (int(out[ip]) >> 4) == 4:
-        ihl = (int(out[ip]) & 0x0F) * 4
+    if (np.int64(out[ip]) >> 4) == 4:
+        ihl = (np.int64(out[ip]) & 0x0F) * 4
         put16be(out, ip + 2, end - ip)
         put16be(out, ip + 10, 0)
         put16be(out, ip + 10, fold(sum16(out, ip, ihl)))

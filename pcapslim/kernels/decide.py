@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..constants import (
     AF_INET6_BSD_A,
     AF_INET6_BSD_B,
@@ -104,7 +106,7 @@ def ip_by_nibble(buf, p, fend):
     """(IP header offset, version) by the version nibble at p; (-1, 0) when neither 4 nor 6."""
     if p >= fend:
         return -1, 0
-    v = int(buf[p]) >> 4
+    v = np.int64(buf[p]) >> 4
     if v == 4 or v == 6:
         return p, v
     return -1, 0
@@ -126,7 +128,7 @@ def ip_after_ethertype(buf, type_off, hdr_end, fend):
         while True:
             if p + MPLS_LABEL_LEN > fend:
                 return -1, 0
-            bottom = int(buf[p + 2]) & 1
+            bottom = np.int64(buf[p + 2]) & 1
             p += MPLS_LABEL_LEN
             if bottom:
                 break
@@ -178,7 +180,7 @@ def ip4_pseudo_dst(buf, ip, ihl):
     o = ip + IP4_MIN_HDR
     hend = ip + ihl
     while o < hend:
-        t = int(buf[o])
+        t = np.int64(buf[o])
         if t == IP4_OPT_EOL:
             break
         if t == IP4_OPT_NOP:
@@ -186,7 +188,7 @@ def ip4_pseudo_dst(buf, ip, ihl):
             continue
         if o + 1 >= hend:
             break
-        ln = int(buf[o + 1])
+        ln = np.int64(buf[o + 1])
         if ln < 2 or o + ln > hend:
             break
         kind = t & 0x1F
@@ -210,13 +212,13 @@ def decide_frame(buf, f0, caplen, linktype):
     if ver == 4:
         if ip + IP4_MIN_HDR > fend:
             return CAT_KEEP, 0, 0, 0, 0
-        b0 = int(buf[ip])
+        b0 = np.int64(buf[ip])
         ihl = (b0 & 0x0F) * 4
         if (b0 >> 4) != 4 or ihl < IP4_MIN_HDR or ip + ihl > fend:
             return CAT_KEEP, 0, 0, 0, 0
         if be16(buf, ip + 6) & IP4_FRAG_MASK:
             return CAT_KEEP, 0, 0, 0, 0
-        proto = int(buf[ip + 9])
+        proto = np.int64(buf[ip + 9])
         if proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
             return CAT_KEEP, 0, 0, 0, 0
         total = be16(buf, ip + 2)
@@ -225,10 +227,10 @@ def decide_frame(buf, f0, caplen, linktype):
         ip_end = ip + total
         l4 = ip + ihl
     else:
-        if ip + IP6_HDR_LEN > fend or (int(buf[ip]) >> 4) != 6:
+        if ip + IP6_HDR_LEN > fend or (np.int64(buf[ip]) >> 4) != 6:
             return CAT_KEEP, 0, 0, 0, 0
         ip_end = ip + IP6_HDR_LEN + be16(buf, ip + 4)
-        proto = int(buf[ip + 6])
+        proto = np.int64(buf[ip + 6])
         p = ip + IP6_HDR_LEN
         dst = ip + 24
         routed = False
@@ -236,31 +238,31 @@ def decide_frame(buf, f0, caplen, linktype):
             if proto == IP_PROTO_HOPOPTS or proto == IP_PROTO_ROUTING or proto == IP_PROTO_DSTOPTS:
                 if p + 2 > fend:
                     return CAT_KEEP, 0, 0, 0, 0
-                hl = (int(buf[p + 1]) + 1) * 8
+                hl = (np.int64(buf[p + 1]) + 1) * 8
             elif proto == IP_PROTO_AH:
                 if p + 2 > fend:
                     return CAT_KEEP, 0, 0, 0, 0
-                hl = (int(buf[p + 1]) + 2) * 4
+                hl = (np.int64(buf[p + 1]) + 2) * 4
             else:  # fragment, ESP, no-next, unknown
                 return CAT_KEEP, 0, 0, 0, 0
             if p + hl > fend:
                 return CAT_KEEP, 0, 0, 0, 0
-            if proto == IP_PROTO_ROUTING and not routed and int(buf[p + 3]) > 0:
+            if proto == IP_PROTO_ROUTING and not routed and np.int64(buf[p + 3]) > 0:
                 routed = True
-                rtype = int(buf[p + 2])
+                rtype = np.int64(buf[p + 2])
                 if rtype == IP6_RT_TYPE0:
-                    n_addr = int(buf[p + 1]) // 2
+                    n_addr = np.int64(buf[p + 1]) // 2
                     if n_addr > 0:
                         dst = p + 8 + (n_addr - 1) * 16
                 elif (rtype == IP6_RT_TYPE2 or rtype == IP6_RT_SRH) and hl >= 24:
                     dst = p + 8
-            proto = int(buf[p])
+            proto = np.int64(buf[p])
             p += hl
         l4 = p
     if proto == IP_PROTO_TCP:
         if l4 + TCP_MIN_HDR > fend:
             return CAT_KEEP, 0, 0, 0, 0
-        doff = (int(buf[l4 + 12]) >> 4) * 4
+        doff = (np.int64(buf[l4 + 12]) >> 4) * 4
         if doff < TCP_MIN_HDR or l4 + doff > fend:
             return CAT_KEEP, 0, 0, 0, 0
         pay = l4 + doff
@@ -275,7 +277,7 @@ def decide_frame(buf, f0, caplen, linktype):
     dport = be16(buf, l4 + 2)
     cat = CAT_KEEP
     if proto == IP_PROTO_TCP:
-        first = int(buf[pay])
+        first = np.int64(buf[pay])
         tls_port = is_tls_port(sport) or is_tls_port(dport)
         if tls_port and not is_handshake_class(first):
             cat = CAT_TLS
@@ -293,5 +295,5 @@ def decide_frame(buf, f0, caplen, linktype):
     if cat == CAT_KEEP:
         return CAT_KEEP, 0, 0, 0, 0
     if ver == 4:
-        dst = ip4_pseudo_dst(buf, ip, (int(buf[ip]) & 0x0F) * 4)
+        dst = ip4_pseudo_dst(buf, ip, (np.int64(buf[ip]) & 0x0F) * 4)
     return cat, ip - f0, l4 - f0, pay - f0, dst - f0

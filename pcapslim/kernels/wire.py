@@ -1,30 +1,33 @@
 """Byte access and the Internet checksum.
 
-Every read widens to a Python/numba int before arithmetic, so the JIT-off run computes the
+Every read widens to int64 before arithmetic (numba keeps int(uint8) a uint8, and int64
+mixed with uint64 becomes float64), so the JIT-off run computes the
 same values as the JIT-on run (NumPy 2 keeps uint8 arithmetic in uint8).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .policy import jit
 
 
 @jit
 def be16(buf, i):
-    return (int(buf[i]) << 8) | int(buf[i + 1])
+    return (np.int64(buf[i]) << 8) | np.int64(buf[i + 1])
 
 
 @jit
 def be32(buf, i):
     return (
-        (int(buf[i]) << 24) | (int(buf[i + 1]) << 16) | (int(buf[i + 2]) << 8) | int(buf[i + 3])
+        (np.int64(buf[i]) << 24) | (np.int64(buf[i + 1]) << 16) | (np.int64(buf[i + 2]) << 8) | np.int64(buf[i + 3])
     )
 
 
 @jit
 def u16(buf, i, le):
     if le:
-        return int(buf[i]) | (int(buf[i + 1]) << 8)
+        return np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)
     return be16(buf, i)
 
 
@@ -32,10 +35,10 @@ def u16(buf, i, le):
 def u32(buf, i, le):
     if le:
         return (
-            int(buf[i])
-            | (int(buf[i + 1]) << 8)
-            | (int(buf[i + 2]) << 16)
-            | (int(buf[i + 3]) << 24)
+            np.int64(buf[i])
+            | (np.int64(buf[i + 1]) << 8)
+            | (np.int64(buf[i + 2]) << 16)
+            | (np.int64(buf[i + 3]) << 24)
         )
     return be32(buf, i)
 
@@ -67,10 +70,10 @@ def sum16(buf, start, length):
     i = start
     stop = start + length - 1
     while i < stop:
-        s += (int(buf[i]) << 8) | int(buf[i + 1])
+        s += (np.int64(buf[i]) << 8) | np.int64(buf[i + 1])
         i += 2
     if length & 1:
-        s += int(buf[start + length - 1]) << 8
+        s += np.int64(buf[start + length - 1]) << 8
     return s
 
 
