@@ -38,7 +38,7 @@ from .constants import (
     ST_NEED_MORE,
     ST_OK,
 )
-from .errors import CorruptCaptureError
+from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
 from .kernels.copy import copy_records
 from .kernels.decide import is_sliced_linktype
@@ -47,7 +47,7 @@ from .source import Bytes, Source, open_source
 from .stats import SlimStats
 
 WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
-MAX_RECORDS = 1 << 16  # rows of the record table per kernel call
+MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
 SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
 
@@ -124,7 +124,10 @@ def _count(stats: SlimStats, rec: npt.NDArray[np.int64], n: int, cat_counts: Byt
     cat_counts += np.bincount(rec[:n, F_CAT], minlength=N_CATEGORIES)
     links = rec[:n, F_LINK][packets]
     links = links[links >= 0]
-    if links.size:
+    if links.size and links.min() == links.max():  # the common case: one link type
+        key = str(int(links[0]))
+        stats.linktypes[key] = stats.linktypes.get(key, 0) + int(links.size)
+    elif links.size:
         values, counts = np.unique(links, return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist()):
             stats.linktypes[str(v)] = stats.linktypes.get(str(v), 0) + c
@@ -196,7 +199,11 @@ def _run(
             if sink is not None:
                 if out.shape[0] < total:
                     out = np.empty(max(total, window_bytes), dtype=np.uint8)
-                copy_records(buf, rec, n, out, out_off, pcapng)
+                if copy_records(buf, rec, n, out, out_off, pcapng) != 0:
+                    raise PcapslimError(
+                        f"{path}: internal error: the output plan does not fit its buffer near "
+                        f"byte offset {base + start}; nothing was replaced (please report this)"
+                    )
                 sink.write(out[:total])
             if pcapng:
                 sections.feed(rec, n, out_pos, out_off)

@@ -29,7 +29,7 @@ from ..constants import (
 )
 from .index import pad4
 from .policy import jit
-from .wire import fold, put16be, put32, sum16
+from .wire import copy_checked, fold, put16be, put32, sum16
 
 
 @jit
@@ -64,14 +64,9 @@ def patch_cut_frame(out, f0, ip, l4, pay, dst, cat):
 
 
 @jit
-def copy_bytes(out, o, buf, s, e):
-    out[o : o + (e - s)] = buf[s:e]
-    return o + (e - s)
-
-
-@jit
 def copy_records(buf, rec, n, out, out_off, pcapng):
-    """Write records 0..n-1 into out at out_off[i]; runs of kept records copy in one go."""
+    """Write records 0..n-1 into out at out_off[i]; runs of kept records copy in one go.
+    Returns 0, or -1 when a record would fall outside buf or out (nothing past it is written)."""
     i = 0
     while i < n:
         s = rec[i, F_START]
@@ -82,7 +77,8 @@ def copy_records(buf, rec, n, out, out_off, pcapng):
             while j < n and rec[j, F_CAT] == CAT_KEEP and rec[j, F_START] == e:
                 e = rec[j, F_END]
                 j += 1
-            copy_bytes(out, o, buf, s, e)
+            if copy_checked(out, o, buf, s, e - s) < 0:
+                return -1
             i = j
             continue
         data = rec[i, F_DATA]
@@ -91,21 +87,28 @@ def copy_records(buf, rec, n, out, out_off, pcapng):
         le = rec[i, F_LE]
         if pcapng:
             caplen = rec[i, F_CAPLEN]
-            o = copy_bytes(out, o, buf, s, data)
+            pad = pad4(kept) - kept
+            opts = e - 4 - (data + pad4(caplen))
+            if o + (data - s) + kept + pad + opts + 4 > out.shape[0]:
+                return -1
+            o = copy_checked(out, o, buf, s, data - s)
             f0 = o
-            o = copy_bytes(out, o, buf, data, data + kept)
-            for _ in range(pad4(kept) - kept):
-                out[o] = 0
-                o += 1
-            o = copy_bytes(out, o, buf, data + pad4(caplen), e - 4)
+            o = copy_checked(out, o, buf, data, kept)
+            for k in range(pad):
+                out[o + k] = 0
+            o = copy_checked(out, o + pad, buf, data + pad4(caplen), opts)
+            if o < 0:
+                return -1
             blen = o + 4 - out_off[i]
             put32(out, o, blen, le)
             put32(out, out_off[i] + 4, blen, le)
             put32(out, out_off[i] + PCAPNG_EPB_DATA - 8, kept, le)
         else:
-            o = copy_bytes(out, o, buf, s, data)
+            o = copy_checked(out, o, buf, s, data - s)
+            if o < 0 or copy_checked(out, o, buf, data, kept) < 0:
+                return -1
             put32(out, o - PCAP_REC_HDR_LEN + 8, kept, le)
             f0 = o
-            copy_bytes(out, o, buf, data, data + kept)
         patch_cut_frame(out, f0, rec[i, F_IP], rec[i, F_L4], pay, rec[i, F_DST], rec[i, F_CAT])
         i += 1
+    return 0

@@ -55,7 +55,7 @@ from ..constants import (
 )
 from .decide import decide_frame, is_sliced_linktype
 from .policy import jit
-from .wire import u16, u32
+from .wire import PREFETCH_AHEAD, prefetch_upto, u16, u32
 
 # pcapng reader state, an int64 array carried across windows
 S_LE = 0  # current section is little-endian
@@ -81,12 +81,12 @@ def decide_into(buf, rec, i, data, caplen, linktype):
     else:
         cat, ip, l4, pay, dst = CAT_KEEP, 0, 0, 0, 0
     rec[i, F_CAT] = cat
+    if cat == CAT_KEEP:
+        return caplen
     rec[i, F_IP] = ip
     rec[i, F_L4] = l4
     rec[i, F_PAY] = pay
     rec[i, F_DST] = dst
-    if cat == CAT_KEEP:
-        return caplen
     return pay + KEEP_BYTES
 
 
@@ -96,7 +96,9 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec):
     n = 0
     pos = start
     max_rec = rec.shape[0]
+    ahead = start
     while n < max_rec:
+        ahead = prefetch_upto(buf, ahead, min(pos + PREFETCH_AHEAD, end))
         avail = end - pos
         if avail == 0:
             return n, pos, ST_OK, 0
@@ -141,7 +143,9 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec):
     n = 0
     pos = start
     max_rec = rec.shape[0]
+    ahead = start
     while n < max_rec:
+        ahead = prefetch_upto(buf, ahead, min(pos + PREFETCH_AHEAD, end))
         avail = end - pos
         if avail == 0:
             return n, pos, ST_OK, 0

@@ -7,9 +7,83 @@ same values as the JIT-on run (NumPy 2 keeps uint8 arithmetic in uint8).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .policy import jit
+
+CACHE_LINE = 64
+PREFETCH_AHEAD = 2048  # bytes the index kernels keep requested ahead of the record they read
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """llvm.prefetch(read, high locality) of &arr[idx]; never faults, whatever idx is."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _memcpy(typingctx, dst, o, src, s, n):  # type: ignore[no-untyped-def]
+    """llvm.memcpy of n bytes from &src[s] to &dst[o]; the caller checks the bounds."""
+    sig = types.void(dst, o, src, s, n)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        d = context.make_array(signature.args[0])(context, builder, args[0])
+        r = context.make_array(signature.args[2])(context, builder, args[2])
+        dp = builder.gep(d.data, [args[1]])
+        sp = builder.gep(r.data, [args[3]])
+        cgutils.raw_memcpy(builder, dp, sp, args[4], 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+if numba.config.DISABLE_JIT:
+
+    def prefetch(buf, i):
+        """A hint only: nothing to do without the JIT."""
+
+    def raw_copy(dst, o, src, s, n):
+        dst[o : o + n] = src[s : s + n]
+
+else:
+    prefetch = _prefetch
+    raw_copy = _memcpy
+
+
+@jit
+def copy_checked(dst, o, src, s, n):
+    """Copy src[s:s+n] to dst[o:o+n]; return o + n, or -1 (nothing copied) when either range
+    falls outside its array."""
+    if n < 0 or o < 0 or s < 0 or o + n > dst.shape[0] or s + n > src.shape[0]:
+        return -1
+    raw_copy(dst, o, src, s, n)
+    return o + n
+
+
+@jit
+def prefetch_upto(buf, cursor, limit):
+    """Request the cache lines from cursor up to limit; return the new cursor. Records are read
+    in order, so streaming the bytes ahead hides the memory latency of the record chain."""
+    while cursor < limit:
+        prefetch(buf, cursor)
+        cursor += CACHE_LINE
+    return cursor
 
 
 @jit

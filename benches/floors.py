@@ -1,0 +1,97 @@
+"""Floors measured in the same run as the thing they judge: reading the input with `cat`, and
+writing plus fsyncing as many bytes as the output has. Also a sampler of anonymous memory."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+WRITE_BLOCK = 8 << 20
+
+
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:
+    """(median, min, max) seconds over `repeat` runs."""
+    times = [timed(fn)[0] for _ in range(repeat)]
+    return statistics.median(times), min(times), max(times)
+
+
+def read_floor(path: Path, repeat: int = 3) -> float:
+    """Median seconds of `cat FILE > /dev/null` (warm the cache first)."""
+
+    def cat() -> None:
+        with open(os.devnull, "wb") as null:
+            subprocess.run(["cat", str(path)], stdout=null, check=True)
+
+    cat()
+    return median_time(cat, repeat)[0]
+
+
+def write_floor(nbytes: int, directory: Path, repeat: int = 3) -> float:
+    """Median seconds to write `nbytes` to a new file in `directory` and fsync it."""
+    block = os.urandom(min(WRITE_BLOCK, max(nbytes, 1)))
+    target = directory / ".write_floor.tmp"
+
+    def write() -> None:
+        target.unlink(missing_ok=True)  # a new file each time, as the slim tmp file is
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            left = nbytes
+            while left > 0:
+                left -= os.write(fd, block[: min(left, len(block))])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    try:
+        return median_time(write, repeat)[0]
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory of this process in bytes (file mappings excluded)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakAnon:
+    """Context manager sampling RssAnon every few milliseconds; `.peak` is the growth over the
+    value at entry."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakAnon:
+        self._base = rss_anon()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_anon() - self._base)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_anon() - self._base)
