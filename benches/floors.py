@@ -23,9 +23,15 @@ def timed(fn: Callable[[], T]) -> tuple[float, T]:
     return time.perf_counter() - t0, out
 
 
-def median_time(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:
-    """(median, min, max) seconds over `repeat` runs."""
-    times = [timed(fn)[0] for _ in range(repeat)]
+def median_time(
+    fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
+) -> tuple[float, float, float]:
+    """(median, min, max) seconds over `repeat` runs; `setup` runs untimed before each."""
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        times.append(timed(fn)[0])
     return statistics.median(times), min(times), max(times)
 
 
@@ -46,7 +52,6 @@ def write_floor(nbytes: int, directory: Path, repeat: int = 3) -> float:
     target = directory / ".write_floor.tmp"
 
     def write() -> None:
-        target.unlink(missing_ok=True)  # a new file each time, as the slim tmp file is
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             left = nbytes
@@ -56,8 +61,8 @@ def write_floor(nbytes: int, directory: Path, repeat: int = 3) -> float:
         finally:
             os.close(fd)
 
-    try:
-        return median_time(write, repeat)[0]
+    try:  # a new file each time, as the slim tmp file is
+        return median_time(write, repeat, setup=lambda: target.unlink(missing_ok=True))[0]
     finally:
         target.unlink(missing_ok=True)
 

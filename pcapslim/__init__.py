@@ -1,19 +1,35 @@
-"""pcapslim: cut encrypted payloads out of packet captures, keep everything else."""
+"""pcapslim: cut encrypted payloads out of packet captures, keep everything else.
+
+The engine (and numba with it) loads on first use, so `pcap-slim --help` and `--version` stay
+instant.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .api import analyze_file, slim_file
-from .errors import CorruptCaptureError, PcapslimError, UnknownFormatError
-from .stats import SlimStats
+if TYPE_CHECKING:
+    from .api import analyze_file, slim_file
+    from .errors import CorruptCaptureError, PcapslimError, UnknownFormatError
+    from .stats import SlimStats
 
-__all__ = [
-    "CorruptCaptureError",
-    "PcapslimError",
-    "SlimStats",
-    "UnknownFormatError",
-    "__version__",
-    "analyze_file",
-    "slim_file",
-]
+_LAZY = {
+    "analyze_file": "api",
+    "slim_file": "api",
+    "CorruptCaptureError": "errors",
+    "PcapslimError": "errors",
+    "UnknownFormatError": "errors",
+    "SlimStats": "stats",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'pcapslim' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -43,7 +44,7 @@ from .formats import CaptureFormat, detect_format
 from .kernels.copy import copy_records
 from .kernels.decide import is_sliced_linktype
 from .kernels.index import N_STATE, index_pcap, index_pcapng
-from .source import Bytes, Source, open_source
+from .source import Bytes, MappedSource, Source, open_source
 from .stats import SlimStats
 
 WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
@@ -72,12 +73,18 @@ class Sink(Protocol):
     def patch(self, offset: int, data: bytes) -> None: ...
 
 
-class FdSink:
-    """Writes to an open file descriptor; patches go to already written bytes."""
+SYNC_EVERY = 64 << 20  # FdSink starts write-back after this many bytes, so fsync has less left
 
-    def __init__(self, fd: int) -> None:
+
+class FdSink:
+    """Writes to an open file descriptor; patches go to already written bytes. With
+    `sync_every`, it flushes as it goes so that the final fsync finds little left to do."""
+
+    def __init__(self, fd: int, sync_every: int = 0) -> None:
         self.fd = fd
         self.written = 0
+        self.sync_every = sync_every
+        self._synced = 0
 
     def write(self, data: Bytes) -> None:
         view = memoryview(data)  # type: ignore[arg-type]
@@ -85,6 +92,9 @@ class FdSink:
             n = os.write(self.fd, view)
             view = view[n:]
             self.written += n
+        if self.sync_every and self.written - self._synced >= self.sync_every:
+            os.fdatasync(self.fd)
+            self._synced = self.written
 
     def patch(self, offset: int, data: bytes) -> None:
         if os.pwrite(self.fd, data, offset) != len(data):
@@ -157,6 +167,77 @@ def process(
     return stats
 
 
+class _CopyStage:
+    """Copies and writes one window on a background thread while the next one is indexed.
+
+    At most one job is in flight. Each job owns one of two record tables and one of two output
+    buffers, so the main thread fills the other pair meanwhile. Without a sink nothing runs;
+    with a buffered source (whose buffer the next window reuses) the jobs run inline.
+    """
+
+    def __init__(
+        self, path: str, sink: Sink | None, pcapng: bool, window_bytes: int, max_records: int,
+        pipelined: bool,
+    ) -> None:
+        self.path = path
+        self.sink = sink
+        self.pcapng = pcapng
+        self.window_bytes = window_bytes
+        self.recs = [np.zeros((max_records, N_FIELDS), dtype=np.int64) for _ in range(2)]
+        self.outs: list[Bytes] = [np.empty(0, dtype=np.uint8) for _ in range(2)]
+        self.submitted = 0
+        self._pool = ThreadPoolExecutor(1, "pcapslim-copy") if pipelined and sink else None
+        self._pending: Future[None] | None = None
+
+    @property
+    def rec(self) -> npt.NDArray[np.int64]:
+        """The record table the next window is indexed into."""
+        return self.recs[self.submitted % 2]
+
+    def submit(self, buf: Bytes, n: int, out_off: npt.NDArray[np.int64], total: int) -> None:
+        self.wait()
+        slot = self.submitted % 2
+        self.submitted += 1
+        if self.sink is None:
+            return
+        if self.outs[slot].shape[0] < total:
+            self.outs[slot] = np.empty(max(total, self.window_bytes), dtype=np.uint8)
+        args = (buf, self.recs[slot], n, self.outs[slot], out_off, total)
+        if self._pool is None:
+            self._copy_and_write(*args)
+        else:
+            self._pending = self._pool.submit(self._copy_and_write, *args)
+
+    def _copy_and_write(
+        self, buf: Bytes, rec: npt.NDArray[np.int64], n: int, out: Bytes,
+        out_off: npt.NDArray[np.int64], total: int,
+    ) -> None:
+        assert self.sink is not None
+        if copy_records(buf, rec, n, out, out_off, self.pcapng) != 0:
+            raise PcapslimError(
+                f"{self.path}: internal error: the output plan does not fit its buffer near "
+                f"byte offset {int(rec[0, F_START])}; nothing was replaced (please report this)"
+            )
+        self.sink.write(out[:total])
+
+    def write_raw(self, data: Bytes) -> None:
+        self.wait()
+        if self.sink is not None:
+            self.sink.write(data)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+
 def _run(
     path: str,
     src: Source,
@@ -167,8 +248,26 @@ def _run(
     window_bytes: int,
     max_records: int,
 ) -> int:
-    rec = np.zeros((max_records, N_FIELDS), dtype=np.int64)
-    out: Bytes = np.empty(0, dtype=np.uint8)
+    pcapng = fmt.name == "pcapng"
+    stage = _CopyStage(path, sink, pcapng, window_bytes, max_records,
+                       pipelined=isinstance(src, MappedSource))
+    try:
+        out_pos = _index_all(path, src, fmt, stage, stats, on_progress, window_bytes)
+        stage.wait()
+    finally:
+        stage.close()
+    return out_pos
+
+
+def _index_all(
+    path: str,
+    src: Source,
+    fmt: CaptureFormat,
+    stage: _CopyStage,
+    stats: SlimStats,
+    on_progress: ProgressCallback | None,
+    window_bytes: int,
+) -> int:
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
     if_link = np.zeros(16, dtype=np.int64)
@@ -176,14 +275,14 @@ def _run(
     sections = _Sections()
     pcapng = fmt.name == "pcapng"
     pos = fmt.header_len
-    out_pos = 0
-    if pos and sink is not None:
+    if pos:
         buf, _, s, _ = src.window(0, pos)
-        sink.write(buf[s : s + pos])
-    out_pos += pos
+        stage.write_raw(buf[s : s + pos])
+    out_pos = pos
     want = window_bytes
     while pos < src.size:
         buf, base, start, end = src.window(pos, want)
+        rec = stage.rec
         if pcapng:
             n, nxt, status, need = index_pcapng(buf, start, end, state, if_link, if_snap, rec)
         else:
@@ -196,18 +295,10 @@ def _run(
             out_off[0] = 0
             np.cumsum(outlen[:-1], out=out_off[1:])
             total = int(out_off[-1] + outlen[-1])
-            if sink is not None:
-                if out.shape[0] < total:
-                    out = np.empty(max(total, window_bytes), dtype=np.uint8)
-                if copy_records(buf, rec, n, out, out_off, pcapng) != 0:
-                    raise PcapslimError(
-                        f"{path}: internal error: the output plan does not fit its buffer near "
-                        f"byte offset {base + start}; nothing was replaced (please report this)"
-                    )
-                sink.write(out[:total])
             if pcapng:
                 sections.feed(rec, n, out_pos, out_off)
             _count(stats, rec, n, cat_counts)
+            stage.submit(buf, n, out_off, total)
             out_pos += total
         record_no = stats.records + 1  # the record the status speaks of
         pos = base + nxt
@@ -215,9 +306,9 @@ def _run(
         if status == ST_NEED_MORE:
             if base + end >= src.size:  # the file ends inside this record: keep it verbatim
                 tail = src.size - pos
-                if sink is not None:
-                    tbuf, _, ts, _ = src.window(pos, tail)
-                    sink.write(tbuf[ts : ts + tail])
+                stage.wait()
+                tbuf, _, ts, _ = src.window(pos, tail)
+                stage.write_raw(tbuf[ts : ts + tail])
                 stats.tail_bytes = tail
                 out_pos += tail
                 pos = src.size
@@ -239,9 +330,10 @@ def _run(
         if on_progress is not None:
             on_progress(pos, src.size)
     sections.close()
-    if sink is not None:
+    stage.wait()
+    if stage.sink is not None:
         for off in sections.patches:
-            sink.patch(off, UNSPECIFIED_SECTION_LEN)
+            stage.sink.patch(off, UNSPECIFIED_SECTION_LEN)
     for code, name in enumerate(CATEGORY_NAMES, start=1):
         stats.truncated_by[name] = int(cat_counts[code])
     stats.truncated = int(cat_counts[1:].sum())

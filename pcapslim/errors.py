@@ -24,3 +24,15 @@ class CorruptCaptureError(PcapslimError):
             f"{path}: record {record} at byte offset {offset}: {what}; the file is corrupt "
             "and was not slimmed (repair it, e.g. with pcapfix, or move it out of the way)"
         )
+
+
+class VerificationError(PcapslimError):
+    """The slim copy did not re-read as the same number of records; the original is kept."""
+
+
+class SourceChangedError(PcapslimError):
+    """The original changed while it was being read; it is left as it is now."""
+
+
+class PlantedPathError(PcapslimError):
+    """Something that is not a regular file stands where the tmp file or marker must go."""
