@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .engine import SYNC_EVERY, FdSink, ProgressCallback, process
+from .engine import FdSink, ProgressCallback, process
 from .errors import PcapslimError
 from .stats import SlimStats
 
@@ -43,8 +43,7 @@ def slim_file(
     try:
         out_fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            stats = process(src_name, in_fd, FdSink(out_fd, SYNC_EVERY if fsync else 0),
-                            on_progress=on_progress,
+            stats = process(src_name, in_fd, FdSink(out_fd), on_progress=on_progress,
                             use_mmap=use_mmap)
             if fsync:
                 os.fsync(out_fd)

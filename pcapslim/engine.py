@@ -73,18 +73,12 @@ class Sink(Protocol):
     def patch(self, offset: int, data: bytes) -> None: ...
 
 
-SYNC_EVERY = 64 << 20  # FdSink starts write-back after this many bytes, so fsync has less left
-
-
 class FdSink:
-    """Writes to an open file descriptor; patches go to already written bytes. With
-    `sync_every`, it flushes as it goes so that the final fsync finds little left to do."""
+    """Writes to an open file descriptor; patches go to already written bytes."""
 
-    def __init__(self, fd: int, sync_every: int = 0) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         self.written = 0
-        self.sync_every = sync_every
-        self._synced = 0
 
     def write(self, data: Bytes) -> None:
         view = memoryview(data)  # type: ignore[arg-type]
@@ -92,9 +86,6 @@ class FdSink:
             n = os.write(self.fd, view)
             view = view[n:]
             self.written += n
-        if self.sync_every and self.written - self._synced >= self.sync_every:
-            os.fdatasync(self.fd)
-            self._synced = self.written
 
     def patch(self, offset: int, data: bytes) -> None:
         if os.pwrite(self.fd, data, offset) != len(data):

@@ -53,6 +53,24 @@ def _memcpy(typingctx, dst, o, src, s, n):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+@intrinsic
+def _load_be32(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """The big-endian 32-bit word at &arr[idx] (any alignment), widened to int64."""
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i32 = ir.IntType(32)
+        word = builder.load(builder.bitcast(ptr, i32.as_pointer()), align=1, typ=i32)
+        bswap = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i32, [i32]), "llvm.bswap.i32"
+        )
+        return builder.zext(builder.call(bswap, [word]), ir.IntType(64))
+
+    return sig, codegen
+
+
 if numba.config.DISABLE_JIT:
 
     def prefetch(buf, i):
@@ -61,9 +79,13 @@ if numba.config.DISABLE_JIT:
     def raw_copy(dst, o, src, s, n):
         dst[o : o + n] = src[s : s + n]
 
+    def load_be32(buf, i):
+        return be32(buf, i)
+
 else:
     prefetch = _prefetch
     raw_copy = _memcpy
+    load_be32 = _load_be32
 
 
 @jit
@@ -139,15 +161,20 @@ def put32(buf, i, v, le):
 
 @jit
 def sum16(buf, start, length):
-    """Unfolded sum of big-endian 16-bit words (RFC 1071); an odd last byte is padded."""
+    """Unfolded one's complement sum (RFC 1071) of buf[start:start+length]; an odd last byte
+    is padded. Adds 32-bit big-endian words: 2**16 = 1 modulo 0xFFFF, so `fold` gives the same
+    result as adding 16-bit words."""
     s = 0
     i = start
-    stop = start + length - 1
+    stop = start + (length & ~3)
     while i < stop:
+        s += load_be32(buf, i)
+        i += 4
+    if length & 2:
         s += (np.int64(buf[i]) << 8) | np.int64(buf[i + 1])
         i += 2
     if length & 1:
-        s += np.int64(buf[start + length - 1]) << 8
+        s += np.int64(buf[i]) << 8
     return s
 
 

@@ -1,0 +1,346 @@
+"""Slimming files in place: the coordination contract of SPEC §5.
+
+For each file D/name: honour D/.slim_markers/name; create D/name.tmp exclusively before reading;
+write and verify the slim copy; carry over mode, owner and times; refuse if the original changed;
+rename atomically; fsync the directory; write the marker last. A failure at any step removes
+the tmp and leaves the original as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import FdSink, process
+from .errors import PcapslimError, PlantedPathError, SourceChangedError, VerificationError
+from .stats import SlimStats
+from .throttle import CpuThrottle, IoThrottle
+
+TMP_SUFFIX = ".tmp"
+MARKER_DIR = ".slim_markers"
+STALE_TMP_SECONDS = 300  # a tmp older than this belongs to a dead worker
+CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+MARKER_OWNER = "sensor"  # markers belong to sensor:sensor when that user exists
+MARKER_DIR_MODE = 0o755
+MARKER_MODE = 0o644
+
+STATUS_OK = "ok"
+STATUS_MARKED = "skipped_marker"
+STATUS_BUSY = "skipped_busy"
+STATUS_FAIL = "fail"
+
+FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str
+    stats: SlimStats | None = None
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    """How files are processed: shared by all workers of one run."""
+
+    check_only: bool = False
+    use_mmap: bool = True
+    io: IoThrottle | None = None
+    cpu: CpuThrottle | None = None
+    on_progress: FileProgress | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def marker_path(path: Path) -> Path:
+    return path.parent / MARKER_DIR / path.name
+
+
+def tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def is_marked(path: Path) -> bool:
+    """True when the marker is a regular file; something else planted there is an error."""
+    marker = marker_path(path)
+    try:
+        st = os.lstat(marker)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        raise PlantedPathError(
+            f"{path}: {marker.parent} is not a directory; remove it so markers can be written"
+        ) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PlantedPathError(
+            f"{path}: {marker} exists but is not a regular file; remove it, then run again"
+        )
+    return True
+
+
+def pending_files(directory: Path, age_minutes: float, clock: Callable[[], float] = time.time) -> list[Path]:
+    """Captures in `directory` (not recursive, no symlinks, old enough), oldest first; files
+    with a marker are left out."""
+    now = clock()
+    found: list[tuple[int, str]] = []
+    with os.scandir(directory) as it:
+        for entry in it:
+            if not entry.name.endswith(CAPTURE_SUFFIXES) or not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if age_minutes and now - st.st_mtime < age_minutes * 60:
+                continue
+            found.append((st.st_mtime_ns, entry.name))
+    found.sort()
+    out = []
+    for _, name in found:
+        p = directory / name
+        try:
+            if is_marked(p):
+                continue
+        except PlantedPathError:
+            pass  # reported when the file itself is processed
+        out.append(p)
+    return out
+
+
+def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) -> list[Path]:
+    """Delete this tool's tmp files (NAME.pcap.tmp, NAME.pcapng.tmp) older than 5 minutes."""
+    removed = []
+    now = clock()
+    with os.scandir(directory) as it:
+        for entry in it:
+            name = entry.name
+            if not name.endswith(TMP_SUFFIX) or not name[: -len(TMP_SUFFIX)].endswith(CAPTURE_SUFFIXES):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) or now - st.st_mtime < STALE_TMP_SECONDS:
+                continue
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
+    """Open D/name.tmp exclusively, taking over a stale one; None when another worker's fresh
+    tmp is there."""
+    tmp = tmp_path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            return os.open(tmp, flags, 0o600)
+        except FileExistsError:
+            try:
+                st = os.lstat(tmp)
+            except FileNotFoundError:
+                continue  # its owner just renamed or removed it: try again
+            if stat.S_ISDIR(st.st_mode):
+                raise PlantedPathError(
+                    f"{path}: {tmp} is a directory; remove it so the file can be slimmed"
+                ) from None
+            if clock() - st.st_mtime < STALE_TMP_SECONDS:
+                return None
+            os.unlink(tmp)  # stale: a dead worker's, or a planted symlink (not followed)
+    return None
+
+
+def _owner_ids() -> tuple[int, int] | None:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwnam(MARKER_OWNER)
+    except KeyError:
+        return None
+    try:
+        gid = grp.getgrnam(MARKER_OWNER).gr_gid
+    except KeyError:
+        gid = user.pw_gid
+    return user.pw_uid, gid
+
+
+def write_marker(path: Path) -> None:
+    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
+    mdir = path.parent / MARKER_DIR
+    try:
+        os.mkdir(mdir, MARKER_DIR_MODE)
+        os.chmod(mdir, MARKER_DIR_MODE)
+        created_dir = True
+    except FileExistsError:
+        created_dir = False
+    st = os.lstat(mdir)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PlantedPathError(f"{path}: {mdir} is not a directory; remove it so markers can be written")
+    fd = os.open(mdir / path.name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, MARKER_MODE)
+    try:
+        os.fchmod(fd, MARKER_MODE)
+        owner = _owner_ids()
+        if owner is not None:
+            try:
+                os.fchown(fd, *owner)
+                if created_dir:
+                    os.chown(mdir, *owner)
+            except PermissionError:
+                pass  # not root: the marker stays the running user's
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(mdir)
+
+
+class _Accounting:
+    """Turns the engine's per-window progress into throttle charges and progress reports."""
+
+    def __init__(self, path: str, job: Job, offset: int = 0, scale_total: int | None = None) -> None:
+        self.path = path
+        self.job = job
+        self.last = 0
+        self.offset = offset
+        self.scale_total = scale_total
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.job.io is not None:
+            self.job.io.account(done - self.last)
+        if self.job.cpu is not None:
+            self.job.cpu.checkpoint()
+        self.last = done
+        if self.job.on_progress is not None:
+            self.job.on_progress(self.path, self.offset + done, self.scale_total or total)
+
+
+class _ThrottledSink(FdSink):
+    def __init__(self, fd: int, io: IoThrottle | None) -> None:
+        super().__init__(fd)
+        self.io = io
+
+    def write(self, data):  # type: ignore[no-untyped-def]
+        super().write(data)
+        if self.io is not None:
+            self.io.account(len(data))
+
+
+def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
+    return process(path, fd, None, on_progress=acct, use_mmap=job.use_mmap)
+
+
+def slim_in_place(path: Path, job: Job) -> FileResult:
+    """Run the contract of SPEC §5 on one file; never raises for a per-file problem."""
+    name = str(path)
+    try:
+        if is_marked(path):
+            return FileResult(name, STATUS_MARKED)
+        if job.check_only:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                return FileResult(name, STATUS_OK, _analyze_fd(name, fd, job, _Accounting(name, job)))
+            finally:
+                os.close(fd)
+        return _slim_in_place(path, job)
+    except PcapslimError as e:
+        return FileResult(name, STATUS_FAIL, error=str(e))
+    except OSError as e:
+        return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
+
+
+def _os_message(path: Path, e: OSError) -> str:
+    where = e.filename if e.filename else path
+    reason = e.strerror or str(e)
+    hint = {
+        errno.ENOSPC: "free some space; the original is untouched",
+        errno.EDQUOT: "the disk quota is exhausted; the original is untouched",
+        errno.EACCES: "check the permissions; the original is untouched",
+        errno.EPERM: "check the permissions; the original is untouched",
+        errno.EROFS: "the file system is read-only; the original is untouched",
+        errno.ELOOP: "a symlink stands where a regular file must be; the original is untouched",
+        errno.ENOENT: "it disappeared during the run",
+    }.get(e.errno or 0, "the original is untouched")
+    return f"{where}: {reason} ({hint})"
+
+
+def _slim_in_place(path: Path, job: Job) -> FileResult:
+    name = str(path)
+    tmp = tmp_path(path)
+    tmp_fd = _create_tmp(path, job.clock)  # before the source is read (SPEC §5 step 2)
+    if tmp_fd is None:
+        return FileResult(name, STATUS_BUSY)
+    renamed = False
+    try:
+        src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            before = os.fstat(src_fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise PcapslimError(f"{path}: not a regular file; nothing was changed")
+            total = before.st_size
+            acct = _Accounting(name, job, scale_total=2 * total)
+            stats = process(name, src_fd, _ThrottledSink(tmp_fd, job.io), on_progress=acct,
+                            use_mmap=job.use_mmap)
+        finally:
+            os.close(src_fd)
+        # 3. re-read the tmp: exactly as many records as the input
+        check_fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            check = _analyze_fd(str(tmp), check_fd, job, _Accounting(name, job, offset=total,
+                                                                     scale_total=2 * total))
+        finally:
+            os.close(check_fd)
+        if (check.records, check.in_pkts, check.in_bytes) != (stats.records, stats.in_pkts, stats.out_bytes):
+            raise VerificationError(
+                f"{path}: the slim copy re-read as {check.in_pkts} packets / {check.records} "
+                f"records / {check.in_bytes} bytes, expected {stats.in_pkts} / {stats.records} / "
+                f"{stats.out_bytes}; the original was kept"
+            )
+        # 4. mode, owner, times; fsync
+        os.fchmod(tmp_fd, stat.S_IMODE(before.st_mode))
+        try:
+            os.fchown(tmp_fd, before.st_uid, before.st_gid)
+        except PermissionError:
+            pass
+        os.utime(tmp_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.fsync(tmp_fd)
+        # 5. the original must not have changed meanwhile
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise SourceChangedError(f"{path}: the file was removed while it was being slimmed") from None
+        if (now.st_ino, now.st_size, now.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+            raise SourceChangedError(
+                f"{path}: the file changed while it was being read (size or mtime); it was left "
+                "as it is and will be taken again on a later run"
+            )
+        # 6. atomic rename, directory fsync
+        os.rename(tmp, path)
+        renamed = True
+        _fsync_dir(path.parent)
+    except BaseException:
+        if not renamed:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+    finally:
+        os.close(tmp_fd)
+    # 7. the marker is the last write
+    try:
+        write_marker(path)
+    except (OSError, PcapslimError) as e:
+        detail = str(e) if isinstance(e, PcapslimError) else _os_message(marker_path(path), e)
+        return FileResult(name, STATUS_FAIL, stats,
+                          error=f"slimmed, but the marker could not be written: {detail}")
+    return FileResult(name, STATUS_OK, stats)
