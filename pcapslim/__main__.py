@@ -1,0 +1,3 @@
+from pcapslim.cli import main
+
+main()

@@ -1,0 +1,286 @@
+"""The pcap-slim command: a thin typed front over the coordinator, with rich progress bars.
+
+Only typer loads at start-up; the engine (and numba) loads inside the command, so `--help` and
+`--version` answer at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .coordinator import FileResult, Job
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+MMAP_MAX_WORKERS = 2  # default I/O: mmap with up to this many workers, buffered reads above
+
+
+class Output(str, enum.Enum):
+    human = "human"
+    json = "json"
+
+
+class Rules(str, enum.Enum):
+    compatible = "compatible"
+    forensic = "forensic"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pcap-slim {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+def _usage(msg: str) -> typer.BadParameter:
+    return typer.BadParameter(msg)
+
+
+app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def slim(
+    dir: Annotated[Optional[Path], typer.Option("--dir", help="Slim every pending *.pcap / *.pcapng in this directory in place.")] = None,  # noqa: UP007
+    single: Annotated[Optional[Path], typer.Option("--single", help="Slim one file in place.")] = None,  # noqa: UP007
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Files processed at once (--dir).")] = 1,
+    age_minutes: Annotated[float, typer.Option(min=0, help="--dir only: skip files modified less than N minutes ago.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be slimmed; write nothing.")] = False,
+    check_only: Annotated[bool, typer.Option("--check-only", help="Analyse and report; write nothing.")] = False,
+    output: Annotated[Output, typer.Option(help="Report format.")] = Output.human,
+    max_io_mbps: Annotated[Optional[float], typer.Option(min=0.001, help="Cap read+write throughput, decimal MB/s, all workers.")] = None,  # noqa: UP007
+    max_cpu_percent: Annotated[Optional[float], typer.Option(min=1, max=100, help="Cap this process's share of the machine's CPU.")] = None,  # noqa: UP007
+    cpu_backoff_above: Annotated[Optional[float], typer.Option(min=0, max=100, help="Lower the CPU target while the rest of the machine uses more than F %.")] = None,  # noqa: UP007
+    cpu_backoff_strength: Annotated[float, typer.Option(min=0.0, max=1.0, help="How hard to back off, 0.0-1.0.")] = 0.5,
+    mmap: Annotated[bool, typer.Option("--mmap", help="Force memory-mapped reads.")] = False,
+    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Force buffered reads.")] = False,
+    rules: Annotated[Rules, typer.Option(help="Decision rules.")] = Rules.compatible,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal and output is human).")] = None,  # noqa: UP007
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Slim packet captures in place: keep every packet, header and handshake; cut encrypted
+    payloads to their first 24 bytes."""
+    if (dir is None) == (single is None):
+        raise _usage("give exactly one of --dir and --single")
+    if mmap and no_mmap:
+        raise _usage("--mmap and --no-mmap exclude each other")
+    if dry_run and check_only:
+        raise _usage("--dry-run and --check-only exclude each other")
+    if single is not None and age_minutes:
+        raise _usage("--age-minutes applies to --dir only")
+    if rules is Rules.forensic:
+        raise _usage("--rules forensic is not available in this version; use --rules compatible")
+    use_mmap = True if mmap else False if no_mmap else workers <= MMAP_MAX_WORKERS
+    show_progress = (sys.stderr.isatty() and output is Output.human) if progress is None else progress
+    if output is Output.json:
+        show_progress = False if progress is None else progress
+    code = _run(
+        directory=dir, single=single, workers=workers, age_minutes=age_minutes,
+        dry_run=dry_run, check_only=check_only, as_json=output is Output.json,
+        max_io_mbps=max_io_mbps, max_cpu_percent=max_cpu_percent,
+        cpu_backoff_above=cpu_backoff_above, cpu_backoff_strength=cpu_backoff_strength,
+        use_mmap=use_mmap, rules=rules.value, show_progress=show_progress,
+    )
+    raise typer.Exit(code)
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _run(
+    *, directory: Path | None, single: Path | None, workers: int, age_minutes: float,
+    dry_run: bool, check_only: bool, as_json: bool, max_io_mbps: float | None,
+    max_cpu_percent: float | None, cpu_backoff_above: float | None,
+    cpu_backoff_strength: float, use_mmap: bool, rules: str, show_progress: bool,
+) -> int:
+    from . import coordinator as co
+    from . import report
+    from .throttle import CpuThrottle, IoThrottle
+
+    t0 = time.perf_counter()
+    if directory is not None:
+        try:
+            if not dry_run and not check_only:
+                co.clean_stale_tmps(directory)
+            files = co.pending_files(directory, age_minutes)
+        except OSError as e:
+            msg = f"{directory}: cannot read the directory: {e.strerror or e}"
+            if as_json:
+                print(report.json_report([], int((time.perf_counter() - t0) * 1000), check_only,
+                                         rules, error=msg))
+            _err(f"FAIL {msg}")
+            return EXIT_FAIL
+    else:
+        assert single is not None
+        files = [single]
+
+    if dry_run:
+        for p in files:
+            if directory is None and _marked_quietly(p):
+                continue
+            if as_json:
+                print(report.dry_run_line(str(p)))
+            else:
+                _err(f"would slim: {p}")
+        if not as_json:
+            _err(f"dry-run: {len(files)} file(s) would be slimmed")
+        return EXIT_OK
+
+    job = co.Job(
+        check_only=check_only,
+        use_mmap=use_mmap,
+        io=IoThrottle(max_io_mbps) if max_io_mbps else None,
+        cpu=(CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
+             if max_cpu_percent is not None or cpu_backoff_above is not None else None),
+    )
+    results = _process(files, job, workers, as_json, show_progress, check_only,
+                       list_marked=directory is None)
+    if directory is not None:  # marked files are not listed in --dir mode
+        results = [r for r in results if r.status != co.STATUS_MARKED]
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        print(report.json_report(results, int(elapsed * 1000), check_only, rules))
+    else:
+        _err(report.human_summary(results, elapsed, check_only))
+    return EXIT_FAIL if any(r.status == co.STATUS_FAIL for r in results) else EXIT_OK
+
+
+def _marked_quietly(p: Path) -> bool:
+    from .coordinator import is_marked
+    from .errors import PcapslimError
+
+    try:
+        return is_marked(p)
+    except PcapslimError:
+        return False
+
+
+def _process(
+    files: list[Path], job: Job, workers: int, as_json: bool, show_progress: bool,
+    check_only: bool, list_marked: bool,
+) -> list[FileResult]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import report
+    from .coordinator import STATUS_MARKED, slim_in_place
+
+    bars = _Bars(files, check_only) if show_progress else None
+    if bars is not None:
+        job.on_progress = bars.update
+    results: list[FileResult | None] = [None] * len(files)
+    printed = 0
+
+    def emit_ready() -> None:
+        nonlocal printed
+        while printed < len(results) and results[printed] is not None:
+            r = results[printed]
+            assert r is not None
+            if not as_json and (list_marked or r.status != STATUS_MARKED):
+                line = report.human_line(r)
+                if bars is not None:
+                    bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+                else:
+                    _err(line)
+            printed += 1
+
+    def one(i: int) -> None:
+        results[i] = slim_in_place(files[i], job)
+        if bars is not None:
+            bars.finish(str(files[i]))
+
+    try:
+        if bars is not None:
+            bars.start()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files) or 1)),
+                                thread_name_prefix="pcapslim-file") as pool:
+            futures = [pool.submit(one, i) for i in range(len(files))]
+            for f in futures:
+                f.result()
+                emit_ready()
+    finally:
+        if bars is not None:
+            bars.stop()
+    emit_ready()
+    return [r for r in results if r is not None]
+
+
+class _Bars:
+    """One overall bar in bytes (rate, ETA) and one bar per file being worked on."""
+
+    def __init__(self, files: list[Path], check_only: bool) -> None:
+        import threading
+
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        passes = 1 if check_only else 2  # slim pass + verification re-read
+        sizes = {}
+        for p in files:
+            try:
+                sizes[str(p)] = os.stat(p).st_size * passes
+            except OSError:
+                sizes[str(p)] = 0
+        self.total = self.progress.add_task("all files", total=sum(sizes.values()) or 1)
+        self.sizes = sizes
+        self.tasks: dict[str, tuple[int, int]] = {}  # path -> (task id, bytes reported)
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def update(self, path: str, done: int, total: int) -> None:
+        with self.lock:
+            if path not in self.tasks:
+                tid = self.progress.add_task(os.path.basename(path), total=total or 1)
+                self.tasks[path] = (tid, 0)
+            tid, last = self.tasks[path]
+            self.tasks[path] = (tid, done)
+        self.progress.update(tid, completed=done)
+        self.progress.advance(self.total, max(0, done - last))
+
+    def finish(self, path: str) -> None:
+        with self.lock:
+            entry = self.tasks.pop(path, None)
+            expected = self.sizes.get(path, 0)
+        if entry is not None:
+            tid, last = entry
+            self.progress.remove_task(tid)
+            self.progress.advance(self.total, max(0, expected - last))
+        else:
+            self.progress.advance(self.total, expected)
+
+
+def main() -> None:
+    app(prog_name="pcap-slim")

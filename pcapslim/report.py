@@ -1,0 +1,61 @@
+"""The reports of SPEC §6: human lines for stderr and the one-line JSON document for stdout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .coordinator import STATUS_BUSY, STATUS_FAIL, STATUS_MARKED, STATUS_OK, FileResult
+
+
+def counts(results: Sequence[FileResult]) -> dict[str, int]:
+    return {
+        "ok": sum(r.status == STATUS_OK for r in results),
+        "skip": sum(r.status in (STATUS_MARKED, STATUS_BUSY) for r in results),
+        "fail": sum(r.status == STATUS_FAIL for r in results),
+    }
+
+
+def human_line(r: FileResult) -> str:
+    if r.status == STATUS_OK and r.stats is not None:
+        s = r.stats
+        return (f"ok {r.path} pkts={s.in_pkts} truncated={s.truncated} in={s.in_bytes} "
+                f"out={s.out_bytes} ({s.elapsed_ms}ms)")
+    if r.status == STATUS_MARKED:
+        return f"skip (marked): {r.path}"
+    if r.status == STATUS_BUSY:
+        return f"skip (busy): {r.path}"
+    return f"FAIL {r.path}: {r.error}"
+
+
+def human_summary(results: Sequence[FileResult], elapsed_s: float, check_only: bool) -> str:
+    c = counts(results)
+    word = "check" if check_only else "done"
+    return f"{word}: ok={c['ok']} skip={c['skip']} fail={c['fail']} elapsed={elapsed_s:.1f}s"
+
+
+def file_entry(r: FileResult, rules: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": r.path, "status": r.status}
+    if r.stats is not None and r.status in (STATUS_OK, STATUS_FAIL):
+        entry.update(r.stats.report_fields())
+        entry["rules"] = rules
+    if r.error is not None:
+        entry["error"] = r.error
+    return entry
+
+
+def json_report(
+    results: Sequence[FileResult], elapsed_ms: int, check_only: bool, rules: str,
+    error: str | None = None,
+) -> str:
+    summary: dict[str, Any] = dict(counts(results))
+    summary.update({"elapsed_ms": elapsed_ms, "check_only": check_only, "rules": rules})
+    doc: dict[str, Any] = {"summary": summary, "files": [file_entry(r, rules) for r in results]}
+    if error is not None:
+        doc["error"] = error
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def dry_run_line(path: str) -> str:
+    return json.dumps({"file": path, "status": "would_slim"}, separators=(",", ":"))
