@@ -1,0 +1,317 @@
+"""pcap-slim through real subprocesses on real directories (SPEC §5, §6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pcapslim import slim_file, synth
+
+SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
+TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
+PLAIN = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 8), 6))
+OK_LINE = re.compile(r"^ok (\S+) pkts=(\d+) truncated=(\d+) in=(\d+) out=(\d+) \((\d+)ms\)$")
+SUMMARY = re.compile(r"^(done|check): ok=(\d+) skip=(\d+) fail=(\d+) elapsed=\d+\.\ds$")
+
+
+def run(*args: object, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "pcapslim", *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert p.returncode == check_rc, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def capture(n_tls: int = 3, n_plain: int = 2, **kw: object) -> bytes:
+    frames = [TLS] * n_tls + [PLAIN] * n_plain
+    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)], **kw)  # type: ignore[arg-type]
+
+
+def expected_slim(tmp_path: Path, data: bytes) -> bytes:
+    a, b = tmp_path / "expect_in", tmp_path / "expect_out"
+    a.write_bytes(data)
+    slim_file(a, b)
+    out = b.read_bytes()
+    a.unlink()
+    b.unlink()
+    return out
+
+
+def age(path: Path, seconds_ago: float) -> None:
+    t = time.time() - seconds_ago
+    os.utime(path, (t, t))
+
+
+# --- start-up, usage ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_answer_without_loading_numba(flag):  # type: ignore[no-untyped-def]
+    code = ("import sys\nsys.argv = ['pcap-slim', %r]\nfrom pcapslim.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('RC', rc, 'numba' in sys.modules)" % flag)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "RC 0 False"
+    if flag == "--version":
+        assert run("--version", check_rc=0).stdout.strip() == "pcap-slim 0.1.0"
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["--dir", "/tmp", "--single", "/tmp/x.pcap"],
+    ["--single", "x.pcap", "--mmap", "--no-mmap"],
+    ["--dir", "/tmp", "--workers", "0"],
+    ["--dir", "/tmp", "--max-cpu-percent", "0"],
+    ["--dir", "/tmp", "--max-cpu-percent", "101"],
+    ["--dir", "/tmp", "--cpu-backoff-strength", "1.5"],
+    ["--dir", "/tmp", "--cpu-backoff-above", "-1"],
+    ["--dir", "/tmp", "--max-io-mbps", "0"],
+    ["--dir", "/tmp", "--age-minutes", "-1"],
+    ["--dir", "/tmp", "--output", "xml"],
+    ["--dir", "/tmp", "--rules", "strict"],
+    ["--single", "x.pcap", "--age-minutes", "5"],
+    ["--dir", "/tmp", "--dry-run", "--check-only"],
+    ["--dir", "/tmp", "--bogus"],
+])
+def test_usage_errors_exit_2_and_touch_nothing(args):  # type: ignore[no-untyped-def]
+    p = run(*args, check_rc=2)
+    assert p.stdout == ""
+    assert "Usage" in p.stderr or "Error" in p.stderr
+
+
+# --- --single -------------------------------------------------------------------------------
+
+
+def test_single_slims_in_place_and_writes_the_marker_last(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "cap.pcap"
+    data = capture()
+    f.write_bytes(data)
+    p = run("--single", f, check_rc=0)
+    assert f.read_bytes() == expected_slim(tmp_path, data)
+    lines = p.stderr.strip().splitlines()
+    m = OK_LINE.match(lines[0])
+    assert m and m.group(1) == str(f)
+    assert (int(m.group(2)), int(m.group(3)), int(m.group(4))) == (5, 3, len(data))
+    assert int(m.group(5)) == f.stat().st_size
+    assert SUMMARY.match(lines[-1]).groups()[:4] == ("done", "1", "0", "0")  # type: ignore[union-attr]
+    marker = tmp_path / ".slim_markers" / "cap.pcap"
+    assert marker.is_file()
+    assert oct(marker.stat().st_mode & 0o777) == "0o644"
+    assert oct(marker.parent.stat().st_mode & 0o777) == "0o755"
+    assert marker.stat().st_mtime_ns >= f.stat().st_ctime_ns
+    assert not (tmp_path / "cap.pcap.tmp").exists()
+    assert p.stdout == ""
+    # a second run honours the marker
+    again = run("--single", f, "--output", "json", check_rc=0)
+    doc = json.loads(again.stdout)
+    assert doc["files"] == [{"file": str(f), "status": "skipped_marker"}]
+    assert doc["summary"]["skip"] == 1
+    assert run("--single", f, check_rc=0).stderr.startswith(f"skip (marked): {f}")
+
+
+def test_json_report_has_every_key_of_the_native_tool(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    p = run("--single", f, "--output", "json", check_rc=0)
+    assert len(p.stdout.strip().splitlines()) == 1
+    doc = json.loads(p.stdout)
+    assert set(doc["summary"]) >= {"ok", "skip", "fail", "elapsed_ms", "check_only"}
+    assert doc["summary"]["ok"] == 1 and doc["summary"]["check_only"] is False
+    (entry,) = doc["files"]
+    assert set(entry) >= {"file", "status", "in_pkts", "truncated", "kept", "in_bytes", "out_bytes",
+                          "elapsed_ms", "truncated_by", "linktypes", "format", "tail_bytes"}
+    assert entry["status"] == "ok" and entry["format"] == "pcap"
+    assert set(entry["truncated_by"]) == {"tls", "tls_other_port", "ssh", "quic", "ipsec"}
+    assert sum(entry["truncated_by"].values()) == entry["truncated"]
+    assert entry["kept"] + entry["truncated"] == entry["in_pkts"] == 2065
+    assert entry["linktypes"] == {"1": 2065}
+    assert entry["in_bytes"] == SAMPLE.stat().st_size and entry["out_bytes"] == f.stat().st_size
+    assert entry["tail_bytes"] == 0
+    assert p.stderr == ""
+
+
+def test_owner_mode_and_times_survive(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "o.pcap"
+    f.write_bytes(capture())
+    os.chmod(f, 0o640)
+    if os.geteuid() == 0:
+        os.chown(f, 1234, 5678)
+    os.utime(f, ns=(1_600_000_000_123_456_789, 1_600_000_100_987_654_321))
+    before = f.stat()
+    run("--single", f, check_rc=0)
+    after = f.stat()
+    assert after.st_ino != before.st_ino  # replaced by rename
+    assert after.st_size < before.st_size
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert after.st_mtime_ns == 1_600_000_100_987_654_321
+    assert after.st_atime_ns == 1_600_000_000_123_456_789
+
+
+def test_unknown_file_fails_with_the_original_untouched(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "bad.pcap"
+    f.write_bytes(b"this is not a capture at all, honest")
+    p = run("--single", f, "--output", "json", check_rc=1)
+    (entry,) = json.loads(p.stdout)["files"]
+    assert entry["status"] == "fail" and "unknown file format" in entry["error"]
+    assert f.read_bytes() == b"this is not a capture at all, honest"
+    assert not (tmp_path / "bad.pcap.tmp").exists()
+    assert not (tmp_path / ".slim_markers").exists()
+    h = run("--single", f, check_rc=1)
+    assert h.stderr.startswith(f"FAIL {f}: ")
+
+
+def test_missing_single_file_fails(tmp_path):  # type: ignore[no-untyped-def]
+    p = run("--single", tmp_path / "nope.pcap", check_rc=1)
+    assert "FAIL" in p.stderr
+    assert not (tmp_path / "nope.pcap.tmp").exists()
+
+
+# --- --dir ----------------------------------------------------------------------------------
+
+
+def _populate(d: Path) -> dict[str, bytes]:
+    files = {
+        "a_old.pcap": capture(4, 1),
+        "b_ns_be.pcap": capture(2, 2, little_endian=False, nanosecond=True),
+        "c.pcapng": synth.pcapng_bytes([synth.Record(TLS), synth.Record(PLAIN)]),
+        "d_bad.pcap": b"not a capture, but named like one......",
+        "e.pcap": capture(1, 1),
+    }
+    for i, (name, data) in enumerate(files.items()):
+        (d / name).write_bytes(data)
+        age(d / name, 3600 - 60 * i)  # a_old is the oldest
+    (d / "notes.txt").write_text("not a capture")
+    os.symlink(d / "a_old.pcap", d / "link.pcap")
+    (d / "sub").mkdir()
+    (d / "sub" / "deep.pcap").write_bytes(capture())
+    return files
+
+
+def test_dir_slims_every_pending_file_oldest_first_and_fails_only_the_bad_one(tmp_path):  # type: ignore[no-untyped-def]
+    files = _populate(tmp_path)
+    expected = {n: expected_slim(tmp_path, d) for n, d in files.items() if n != "d_bad.pcap"}
+    p = run("--dir", tmp_path, "--output", "json", check_rc=1)
+    doc = json.loads(p.stdout)
+    names = [Path(e["file"]).name for e in doc["files"]]
+    assert names == ["a_old.pcap", "b_ns_be.pcap", "c.pcapng", "d_bad.pcap", "e.pcap"]
+    assert [e["status"] for e in doc["files"]] == ["ok", "ok", "ok", "fail", "ok"]
+    assert doc["summary"] == {**doc["summary"], "ok": 4, "skip": 0, "fail": 1}
+    for name, data in expected.items():
+        assert (tmp_path / name).read_bytes() == data, name
+        assert (tmp_path / ".slim_markers" / name).is_file()
+    assert (tmp_path / "d_bad.pcap").read_bytes() == files["d_bad.pcap"]
+    assert not (tmp_path / ".slim_markers" / "d_bad.pcap").exists()
+    assert (tmp_path / "sub" / "deep.pcap").read_bytes() == capture()  # not recursive
+    assert (tmp_path / "link.pcap").is_symlink()
+    assert not list(tmp_path.glob("*.tmp"))
+    assert doc["files"][2]["format"] == "pcapng"
+    # second run: marked files are not listed at all; the bad one fails again
+    doc2 = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=1).stdout)
+    assert [Path(e["file"]).name for e in doc2["files"]] == ["d_bad.pcap"]
+    (tmp_path / "d_bad.pcap").unlink()
+    doc3 = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
+    assert doc3["files"] == [] and doc3["summary"]["ok"] == 0
+
+
+def test_dir_human_report(tmp_path):  # type: ignore[no-untyped-def]
+    _populate(tmp_path)
+    p = run("--dir", tmp_path, "--workers", "2", check_rc=1)
+    lines = p.stderr.strip().splitlines()
+    assert [OK_LINE.match(x) is not None for x in lines[:-1]] == [True, True, True, False, True]
+    assert lines[3].startswith(f"FAIL {tmp_path / 'd_bad.pcap'}: ")
+    assert SUMMARY.match(lines[-1]).groups()[:4] == ("done", "4", "0", "1")  # type: ignore[union-attr]
+    assert p.stdout == ""
+
+
+def test_age_filter_leaves_young_files_out(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "old.pcap").write_bytes(capture())
+    (tmp_path / "young.pcap").write_bytes(capture())
+    age(tmp_path / "old.pcap", 600)
+    doc = json.loads(run("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout)
+    assert [Path(e["file"]).name for e in doc["files"]] == ["old.pcap"]
+    assert (tmp_path / "young.pcap").read_bytes() == capture()
+
+
+def test_stale_tmp_is_cleaned_and_a_fresh_one_means_busy(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "x.pcap").write_bytes(capture())
+    (tmp_path / "y.pcap").write_bytes(capture())
+    stale = tmp_path / "gone.pcap.tmp"
+    stale.write_bytes(b"half")
+    age(stale, 600)
+    other = tmp_path / "keep.tmp"  # not of this tool's naming
+    other.write_bytes(b"x")
+    age(other, 600)
+    fresh = tmp_path / "y.pcap.tmp"
+    fresh.write_bytes(b"another worker is writing")
+    for flag in ("--dry-run", "--check-only"):
+        run("--dir", tmp_path, flag, check_rc=0)
+        assert stale.exists()
+    doc = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
+    assert not stale.exists() and other.exists()
+    status = {Path(e["file"]).name: e["status"] for e in doc["files"]}
+    assert status == {"x.pcap": "ok", "y.pcap": "skipped_busy"}
+    assert doc["summary"]["skip"] == 1
+    assert fresh.read_bytes() == b"another worker is writing"
+    assert (tmp_path / "y.pcap").read_bytes() == capture()
+    # once the other worker is gone for 5 minutes, its tmp is taken over
+    age(fresh, 400)
+    run("--single", tmp_path / "y.pcap", check_rc=0)
+    assert not fresh.exists() and (tmp_path / ".slim_markers" / "y.pcap").exists()
+
+
+def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-def]
+    _populate(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
+    p = run("--dir", tmp_path, "--dry-run", "--output", "json", check_rc=0)
+    lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
+    assert [Path(x["file"]).name for x in lines] == ["a_old.pcap", "b_ns_be.pcap", "c.pcapng", "d_bad.pcap", "e.pcap"]
+    assert {x["status"] for x in lines} == {"would_slim"}
+    h = run("--dir", tmp_path, "--dry-run", check_rc=0)
+    assert h.stderr.splitlines()[0] == f"would slim: {tmp_path / 'a_old.pcap'}"
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert after == before and not (tmp_path / ".slim_markers").exists()
+
+
+def test_check_only_reports_the_numbers_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    mtime = f.stat().st_mtime_ns
+    check = json.loads(run("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
+    assert check["summary"]["check_only"] is True
+    assert f.read_bytes() == SAMPLE.read_bytes() and f.stat().st_mtime_ns == mtime
+    assert not (tmp_path / ".slim_markers").exists() and not list(tmp_path.glob("*.tmp"))
+    assert run("--single", f, "--check-only", check_rc=0).stderr.strip().splitlines()[-1].startswith("check: ok=1")
+    real = json.loads(run("--single", f, "--output", "json", check_rc=0).stdout)
+    keys = ("in_pkts", "truncated", "kept", "in_bytes", "out_bytes", "truncated_by", "linktypes", "tail_bytes")
+    assert {k: check["files"][0][k] for k in keys} == {k: real["files"][0][k] for k in keys}
+
+
+@pytest.mark.parametrize("flag", ["--mmap", "--no-mmap"])
+def test_mmap_and_buffered_reads_give_the_same_file(tmp_path, flag):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    run("--single", f, flag, check_rc=0)
+    assert f.read_bytes() == expected_slim(tmp_path, SAMPLE.read_bytes())
+
+
+def test_unreadable_directory_exits_1(tmp_path):  # type: ignore[no-untyped-def]
+    p = run("--dir", tmp_path / "missing", "--output", "json", check_rc=1)
+    doc = json.loads(p.stdout)
+    assert doc["files"] == [] and "cannot read the directory" in doc["error"]
+
+
+def test_progress_bars_render_when_asked(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    p = run("--single", f, "--progress", check_rc=0)
+    assert "all files" in p.stderr and OK_LINE.match(
+        [x for x in p.stderr.splitlines() if x.startswith("ok ")][0])
+    assert "all files" not in run("--single", f, "--no-progress", check_rc=0).stderr
