@@ -105,11 +105,17 @@ def _run(
     max_cpu_percent: float | None, cpu_backoff_above: float | None,
     cpu_backoff_strength: float, use_mmap: bool, rules: str, show_progress: bool,
 ) -> int:
-    from . import coordinator as co
-    from . import report
     from .throttle import CpuThrottle, IoThrottle
 
     t0 = time.perf_counter()
+    # the throttles start before the engine loads, so loading it is charged to the CPU budget
+    io = IoThrottle(max_io_mbps) if max_io_mbps else None
+    cpu = (CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
+           if max_cpu_percent is not None or cpu_backoff_above is not None else None)
+
+    from . import coordinator as co
+    from . import report
+
     if directory is not None:
         try:
             if not dry_run and not check_only:
@@ -138,13 +144,7 @@ def _run(
             _err(f"dry-run: {len(files)} file(s) would be slimmed")
         return EXIT_OK
 
-    job = co.Job(
-        check_only=check_only,
-        use_mmap=use_mmap,
-        io=IoThrottle(max_io_mbps) if max_io_mbps else None,
-        cpu=(CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
-             if max_cpu_percent is not None or cpu_backoff_above is not None else None),
-    )
+    job = co.Job(check_only=check_only, use_mmap=use_mmap, io=io, cpu=cpu)
     results = _process(files, job, workers, as_json, show_progress, check_only,
                        list_marked=directory is None)
     if directory is not None:  # marked files are not listed in --dir mode

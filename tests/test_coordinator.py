@@ -1,0 +1,93 @@
+"""The steps of SPEC §5 that need a fault in the middle of a run, injected into real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pcapslim import coordinator as co
+from pcapslim import synth
+
+TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
+
+
+def _capture(n: int = 50) -> bytes:
+    return synth.pcap_bytes([synth.Record(TLS, ts=i) for i in range(n)])
+
+
+def _leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp") or p.name == ".slim_markers")
+
+
+def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    f = tmp_path / "v.pcap"
+    data = _capture()
+    f.write_bytes(data)
+    real_process = co.process
+
+    def process_then_lose_bytes(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
+        stats = real_process(path, fd, sink, **kw)
+        if sink is not None:  # the slim pass: the disk loses the last 40 bytes of the tmp
+            os.ftruncate(sink.fd, stats.out_bytes - 40)
+        return stats
+
+    monkeypatch.setattr(co, "process", process_then_lose_bytes)
+    r = co.slim_in_place(f, co.Job())
+    assert r.status == co.STATUS_FAIL
+    assert "re-read as 49 packets" in (r.error or "") and "original was kept" in (r.error or "")
+    assert f.read_bytes() == data
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_source_that_changes_while_read_is_not_replaced(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "c.pcap"
+    data = _capture()
+    f.write_bytes(data)
+    appended = []
+
+    def capture_tool_appends(path: str, done: int, total: int) -> None:
+        if not appended:
+            with open(f, "ab") as fh:
+                fh.write(synth.pcap_bytes([synth.Record(TLS)])[24:])
+            appended.append(True)
+
+    r = co.slim_in_place(f, co.Job(on_progress=capture_tool_appends))
+    assert r.status == co.STATUS_FAIL and "changed while it was being read" in (r.error or "")
+    assert f.read_bytes() == data + synth.pcap_bytes([synth.Record(TLS)])[24:]
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_source_deleted_during_the_run_fails_cleanly(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "d.pcap"
+    f.write_bytes(_capture())
+    r = co.slim_in_place(f, co.Job(on_progress=lambda *a: f.exists() and f.unlink()))
+    assert r.status == co.STATUS_FAIL and "removed" in (r.error or "")
+    assert _leftovers(tmp_path) == []
+
+
+def test_marked_file_is_skipped_before_anything_is_created(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "m.pcap"
+    f.write_bytes(_capture())
+    (tmp_path / ".slim_markers").mkdir()
+    (tmp_path / ".slim_markers" / "m.pcap").touch()
+    r = co.slim_in_place(f, co.Job())
+    assert r.status == co.STATUS_MARKED
+    assert f.read_bytes() == _capture() and not (tmp_path / "m.pcap.tmp").exists()
+
+
+@pytest.mark.parametrize("planted", ["dir", "symlink"])
+def test_something_planted_at_the_marker_fails_the_file(tmp_path, planted):  # type: ignore[no-untyped-def]
+    f = tmp_path / "p.pcap"
+    f.write_bytes(_capture())
+    (tmp_path / ".slim_markers").mkdir()
+    target = tmp_path / ".slim_markers" / "p.pcap"
+    if planted == "dir":
+        target.mkdir()
+    else:
+        target.symlink_to(tmp_path / "elsewhere")
+    r = co.slim_in_place(f, co.Job())
+    assert r.status == co.STATUS_FAIL and "not a regular file" in (r.error or "")
+    assert f.read_bytes() == _capture()
+    assert not (tmp_path / "elsewhere").exists()

@@ -1,0 +1,87 @@
+"""Throttles measured on real runs, with generous bounds (this machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benches.gen_capture import generate
+from pcapslim.throttle import CpuThrottle, TokenBucket
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def capture_100mb(tmp_path_factory):  # type: ignore[no-untyped-def]
+    p = tmp_path_factory.mktemp("big") / "mixed_100mb.pcap"
+    generate(p, 100)
+    return p
+
+
+def _run_cli(*args: object) -> tuple[float, float, dict]:  # type: ignore[type-arg]
+    """(wall seconds, child CPU seconds, JSON report)"""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "pcapslim", *map(str, args), "--output", "json"],
+                       capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert p.returncode == 0, p.stderr
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(p.stdout)
+
+
+def test_io_cap_holds_over_a_100_mb_job(tmp_path, capture_100mb):  # type: ignore[no-untyped-def]
+    f = tmp_path / "io.pcap"
+    f.write_bytes(capture_100mb.read_bytes())
+    wall, _, doc = _run_cli("--single", f, "--max-io-mbps", 20)
+    entry = doc["files"][0]
+    moved = entry["in_bytes"] + 2 * entry["out_bytes"]  # read, write, verification re-read
+    implied = moved / 20e6
+    assert wall >= 0.9 * implied - 0.25, (wall, implied)
+    assert wall <= 3 * implied + 5, (wall, implied)
+
+
+def test_cpu_cap_keeps_the_share_near_the_cap(tmp_path, capture_100mb):  # type: ignore[no-untyped-def]
+    cores = os.cpu_count() or 1
+    for i in range(3):
+        (tmp_path / f"c{i}.pcap").write_bytes(capture_100mb.read_bytes())
+    wall, cpu, doc = _run_cli("--dir", tmp_path, "--max-cpu-percent", 25)
+    assert doc["summary"]["ok"] == 3
+    share = cpu / (wall * cores)
+    assert 0.08 <= share <= 0.35, (share, cpu, wall)
+    for i in range(3):
+        (tmp_path / ".slim_markers" / f"c{i}.pcap").unlink()
+        (tmp_path / f"c{i}.pcap").write_bytes(capture_100mb.read_bytes())
+    free_wall, free_cpu, _ = _run_cli("--dir", tmp_path)
+    free_share = free_cpu / (free_wall * cores)
+    assert free_share > share + 0.1, (free_share, share)  # the cap really did something
+
+
+def test_cpu_budget_of_a_busy_loop_matches_the_cap():  # type: ignore[no-untyped-def]
+    throttle = CpuThrottle(max_percent=30)
+    cores = throttle.cores
+    t0, c0 = time.monotonic(), time.process_time()
+    while time.monotonic() - t0 < 3.0:
+        end = time.process_time() + 0.01
+        while time.process_time() < end:
+            pass
+        throttle.checkpoint()
+    share = (time.process_time() - c0) / ((time.monotonic() - t0) * cores)
+    assert 0.2 <= share <= 0.36, share
+
+
+def test_token_bucket_charges_debt_as_sleep_time():  # type: ignore[no-untyped-def]
+    now = [0.0]
+    bucket = TokenBucket(100.0, clock=lambda: now[0])
+    assert bucket.spend(25) == 0.0  # the burst allowance (0.25 s of rate)
+    assert bucket.spend(50) == pytest.approx(0.5)
+    now[0] = 1.0
+    assert bucket.spend(10) == 0.0  # refilled, up to the burst allowance
