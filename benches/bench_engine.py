@@ -40,8 +40,9 @@ def first_call_seconds(path: Path, cache_dir: str | None) -> float:
         env["NUMBA_CACHE_DIR"] = cache_dir
     with tempfile.TemporaryDirectory() as tmp:
         code = FIRST_CALL.format(path=str(path), out=os.path.join(tmp, "o.pcap"))
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+        )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -74,8 +75,11 @@ def main() -> int:
     with PeakAnon() as mem_a:
         an = median_time(lambda: pcapslim.analyze_file(src), a.repeat)
     with PeakAnon() as mem_s:
-        sl = median_time(lambda: pcapslim.slim_file(src, out), a.repeat,
-                         setup=lambda: out.unlink(missing_ok=True))  # a new file, like a tmp
+        sl = median_time(
+            lambda: pcapslim.slim_file(src, out),
+            a.repeat,
+            setup=lambda: out.unlink(missing_ok=True),
+        )  # a new file, like a tmp
     _, stats = timed(lambda: pcapslim.analyze_file(src))
     wf = write_floor(stats.out_bytes, DATA, a.repeat)
     out.unlink(missing_ok=True)
@@ -99,22 +103,33 @@ def main() -> int:
         "peak_anon_slim_bytes": mem_s.peak,
     }
     mb = size / 1e6
-    print(f"input {size} bytes, {stats.in_pkts} packets, output {stats.out_bytes} bytes "
-          f"({stats.out_bytes / size:.1%})")
+    print(
+        f"input {size} bytes, {stats.in_pkts} packets, output {stats.out_bytes} bytes "
+        f"({stats.out_bytes / size:.1%})"
+    )
     print(f"read floor  (cat > /dev/null)  {rf:8.3f} s  {mb / rf:8.0f} MB/s")
     print(f"write floor (write + fsync)    {wf:8.3f} s")
-    print(f"analyze_file (warm)            {an[0]:8.3f} s  {mb / an[0]:8.0f} MB/s  "
-          f"ratio {res['analyze_ratio']:.2f} (target <= {ANALYZE_TARGET})")
-    print(f"slim_file incl. fsync (warm)   {sl[0]:8.3f} s  {mb / sl[0]:8.0f} MB/s  "
-          f"ratio {res['slim_ratio']:.2f} (target <= {SLIM_TARGET})")
+    print(
+        f"analyze_file (warm)            {an[0]:8.3f} s  {mb / an[0]:8.0f} MB/s  "
+        f"ratio {res['analyze_ratio']:.2f} (target <= {ANALYZE_TARGET})"
+    )
+    print(
+        f"slim_file incl. fsync (warm)   {sl[0]:8.3f} s  {mb / sl[0]:8.0f} MB/s  "
+        f"ratio {res['slim_ratio']:.2f} (target <= {SLIM_TARGET})"
+    )
     print(f"first call, empty JIT cache    {cold:8.3f} s   (5 MB file, analyze + slim)")
     print(f"first call, JIT cache on disk  {cached:8.3f} s")
-    print(f"peak anonymous memory: analyze {mem_a.peak / 2**20:.1f} MiB, slim "
-          f"{mem_s.peak / 2**20:.1f} MiB (target < {MEMORY_TARGET >> 20} MiB)")
+    print(
+        f"peak anonymous memory: analyze {mem_a.peak / 2**20:.1f} MiB, slim "
+        f"{mem_s.peak / 2**20:.1f} MiB (target < {MEMORY_TARGET >> 20} MiB)"
+    )
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
-    ok = (res["analyze_ratio"] <= ANALYZE_TARGET and res["slim_ratio"] <= SLIM_TARGET
-          and max(mem_a.peak, mem_s.peak) < MEMORY_TARGET)
+    ok = (
+        res["analyze_ratio"] <= ANALYZE_TARGET
+        and res["slim_ratio"] <= SLIM_TARGET
+        and max(mem_a.peak, mem_s.peak) < MEMORY_TARGET
+    )
     print("targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1
 

@@ -100,3 +100,17 @@ class PeakAnon:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_anon() - self._base)
+
+
+def unlink_floor(src: Path, directory: Path, repeat: int = 3) -> float:
+    """Median seconds to delete a synced copy of `src`: what replacing a file of that size
+    costs the file system, whoever replaces it."""
+    import shutil
+
+    victim = directory / ".unlink_floor.tmp"
+
+    def setup() -> None:
+        shutil.copyfile(src, victim)
+        os.sync()
+
+    return median_time(lambda: os.unlink(victim), repeat, setup=setup)[0]

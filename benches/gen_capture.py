@@ -51,14 +51,27 @@ def _payload(r: random.Random, kind: str) -> tuple[int, int, int, bytes]:
     if kind.startswith("tls_appdata"):
         port = {"tls_appdata_443": 443, "tls_appdata_8443": 8443}.get(kind, r.choice((4433, 9443)))
         n = r.choice((1400, 1400, 1400, 1400, 900, 300))
-        return 6, r.randrange(32768, 61000), port, b"\x17\x03\x03" + struct.pack("!H", n - 5) + r.randbytes(n - 5)
+        return (
+            6,
+            r.randrange(32768, 61000),
+            port,
+            b"\x17\x03\x03" + struct.pack("!H", n - 5) + r.randbytes(n - 5),
+        )
     if kind == "tls_handshake_443":
         n = r.choice((517, 1400, 1400, 250))
-        return 6, r.randrange(32768, 61000), 443, b"\x16\x03\x01" + struct.pack("!H", n - 5) + r.randbytes(n - 5)
+        return (
+            6,
+            r.randrange(32768, 61000),
+            443,
+            b"\x16\x03\x01" + struct.pack("!H", n - 5) + r.randbytes(n - 5),
+        )
     if kind == "ack":
         return 6, r.randrange(32768, 61000), r.choice((443, 443, 80, 22)), b""
     if kind == "http":
-        body = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + b"<p>hello</p>" * r.randrange(1, 110)
+        body = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n"
+            + b"<p>hello</p>" * r.randrange(1, 110)
+        )
         return 6, r.randrange(32768, 61000), 80, body
     if kind == "dns":
         return 17, r.randrange(32768, 61000), 53, r.randbytes(r.randrange(30, 300))
@@ -73,15 +86,34 @@ def _template(r: random.Random, kind: str) -> Template:
     proto, cport, sport, payload = _payload(r, kind)
     if r.random() < 0.5:
         cport, sport = sport, cport
-    seg = synth.tcp(cport, sport, payload, seq=r.randrange(1 << 32), flags=0x10 if not payload else 0x18,
-                    options=b"\x01\x01\x08\x0a" + r.randbytes(8)) if proto == 6 else synth.udp(cport, sport, payload)
+    seg = (
+        synth.tcp(
+            cport,
+            sport,
+            payload,
+            seq=r.randrange(1 << 32),
+            flags=0x10 if not payload else 0x18,
+            options=b"\x01\x01\x08\x0a" + r.randbytes(8),
+        )
+        if proto == 6
+        else synth.udp(cport, sport, payload)
+    )
     if r.random() < IPV6_SHARE:
-        pkt = synth.ipv6(seg, proto, f"2001:db8:{r.randrange(1, 999):x}::{r.randrange(1, 999):x}",
-                         f"2001:db8:ffff::{r.randrange(1, 999):x}")
+        pkt = synth.ipv6(
+            seg,
+            proto,
+            f"2001:db8:{r.randrange(1, 999):x}::{r.randrange(1, 999):x}",
+            f"2001:db8:ffff::{r.randrange(1, 999):x}",
+        )
         etype = 0x86DD
     else:
-        pkt = synth.ipv4(seg, proto, f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}",
-                         f"172.16.{r.randrange(256)}.{r.randrange(1, 255)}", ident=r.randrange(65536))
+        pkt = synth.ipv4(
+            seg,
+            proto,
+            f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}",
+            f"172.16.{r.randrange(256)}.{r.randrange(1, 255)}",
+            ident=r.randrange(65536),
+        )
         etype = 0x0800
     tags = [(0x8100, r.randrange(1, 4095))] if r.random() < VLAN_SHARE else []
     frame = synth.ether(pkt, etype, tags)
@@ -143,8 +175,13 @@ def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int
                 for k, i in enumerate(idx.tolist()):
                     t = pool[i]
                     s = int(stamps[k])
-                    parts.append(synth.pcapng_epb(synth.Record(t.frame, ts=s // 1_000_000, frac=s % 1_000_000,
-                                                               orig_len=t.orig_len)))
+                    parts.append(
+                        synth.pcapng_epb(
+                            synth.Record(
+                                t.frame, ts=s // 1_000_000, frac=s % 1_000_000, orig_len=t.orig_len
+                            )
+                        )
+                    )
             chunk = b"".join(parts)
             fh.write(chunk)
             written += len(chunk)
@@ -153,9 +190,13 @@ def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out", type=Path)
-    ap.add_argument("--size-mb", type=float, required=True, help="approximate size in MB (10^6 bytes)")
+    ap.add_argument(
+        "--size-mb", type=float, required=True, help="approximate size in MB (10^6 bytes)"
+    )
     ap.add_argument("--format", choices=("pcap", "pcapng"), default="pcap")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()

@@ -24,7 +24,15 @@ _LAZY = {
     "SlimStats": "stats",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [
+    "CorruptCaptureError",
+    "PcapslimError",
+    "SlimStats",
+    "UnknownFormatError",
+    "__version__",
+    "analyze_file",
+    "slim_file",
+]
 
 
 def __getattr__(name: str) -> Any:

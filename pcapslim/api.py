@@ -43,8 +43,9 @@ def slim_file(
     try:
         out_fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            stats = process(src_name, in_fd, FdSink(out_fd), on_progress=on_progress,
-                            use_mmap=use_mmap)
+            stats = process(
+                src_name, in_fd, FdSink(out_fd), on_progress=on_progress, use_mmap=use_mmap
+            )
             if fsync:
                 os.fsync(out_fd)
         except BaseException:

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,12 +26,12 @@ EXIT_USAGE = 2
 MMAP_MAX_WORKERS = 2  # default I/O: mmap with up to this many workers, buffered reads above
 
 
-class Output(str, enum.Enum):
+class Output(enum.StrEnum):
     human = "human"
     json = "json"
 
 
-class Rules(str, enum.Enum):
+class Rules(enum.StrEnum):
     compatible = "compatible"
     forensic = "forensic"
 
@@ -51,22 +51,58 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def slim(
-    dir: Annotated[Optional[Path], typer.Option("--dir", help="Slim every pending *.pcap / *.pcapng in this directory in place.")] = None,  # noqa: UP007
-    single: Annotated[Optional[Path], typer.Option("--single", help="Slim one file in place.")] = None,  # noqa: UP007
-    workers: Annotated[int, typer.Option(min=1, max=256, help="Files processed at once (--dir).")] = 1,
-    age_minutes: Annotated[float, typer.Option(min=0, help="--dir only: skip files modified less than N minutes ago.")] = 0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files that would be slimmed; write nothing.")] = False,
-    check_only: Annotated[bool, typer.Option("--check-only", help="Analyse and report; write nothing.")] = False,
+    dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="Slim every pending *.pcap / *.pcapng in this directory in place."
+        ),
+    ] = None,
+    single: Annotated[Path | None, typer.Option("--single", help="Slim one file in place.")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=256, help="Files processed at once (--dir).")
+    ] = 1,
+    age_minutes: Annotated[
+        float, typer.Option(min=0, help="--dir only: skip files modified less than N minutes ago.")
+    ] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the files that would be slimmed; write nothing.")
+    ] = False,
+    check_only: Annotated[
+        bool, typer.Option("--check-only", help="Analyse and report; write nothing.")
+    ] = False,
     output: Annotated[Output, typer.Option(help="Report format.")] = Output.human,
-    max_io_mbps: Annotated[Optional[float], typer.Option(min=0.001, help="Cap read+write throughput, decimal MB/s, all workers.")] = None,  # noqa: UP007
-    max_cpu_percent: Annotated[Optional[float], typer.Option(min=1, max=100, help="Cap this process's share of the machine's CPU.")] = None,  # noqa: UP007
-    cpu_backoff_above: Annotated[Optional[float], typer.Option(min=0, max=100, help="Lower the CPU target while the rest of the machine uses more than F %.")] = None,  # noqa: UP007
-    cpu_backoff_strength: Annotated[float, typer.Option(min=0.0, max=1.0, help="How hard to back off, 0.0-1.0.")] = 0.5,
+    max_io_mbps: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Cap read+write throughput, decimal MB/s, all workers."),
+    ] = None,
+    max_cpu_percent: Annotated[
+        float | None,
+        typer.Option(min=1, max=100, help="Cap this process's share of the machine's CPU."),
+    ] = None,
+    cpu_backoff_above: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=100,
+            help="Lower the CPU target while the rest of the machine uses more than F %.",
+        ),
+    ] = None,
+    cpu_backoff_strength: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="How hard to back off, 0.0-1.0.")
+    ] = 0.5,
     mmap: Annotated[bool, typer.Option("--mmap", help="Force memory-mapped reads.")] = False,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Force buffered reads.")] = False,
     rules: Annotated[Rules, typer.Option(help="Decision rules.")] = Rules.compatible,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars on stderr (default: when stderr is a terminal and output is human).")] = None,  # noqa: UP007
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bars on stderr (default: on a terminal with human output).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Slim packet captures in place: keep every packet, header and handshake; cut encrypted
     payloads to their first 24 bytes."""
@@ -81,15 +117,26 @@ def slim(
     if rules is Rules.forensic:
         raise _usage("--rules forensic is not available in this version; use --rules compatible")
     use_mmap = True if mmap else False if no_mmap else workers <= MMAP_MAX_WORKERS
-    show_progress = (sys.stderr.isatty() and output is Output.human) if progress is None else progress
+    show_progress = (
+        (sys.stderr.isatty() and output is Output.human) if progress is None else progress
+    )
     if output is Output.json:
         show_progress = False if progress is None else progress
     code = _run(
-        directory=dir, single=single, workers=workers, age_minutes=age_minutes,
-        dry_run=dry_run, check_only=check_only, as_json=output is Output.json,
-        max_io_mbps=max_io_mbps, max_cpu_percent=max_cpu_percent,
-        cpu_backoff_above=cpu_backoff_above, cpu_backoff_strength=cpu_backoff_strength,
-        use_mmap=use_mmap, rules=rules.value, show_progress=show_progress,
+        directory=dir,
+        single=single,
+        workers=workers,
+        age_minutes=age_minutes,
+        dry_run=dry_run,
+        check_only=check_only,
+        as_json=output is Output.json,
+        max_io_mbps=max_io_mbps,
+        max_cpu_percent=max_cpu_percent,
+        cpu_backoff_above=cpu_backoff_above,
+        cpu_backoff_strength=cpu_backoff_strength,
+        use_mmap=use_mmap,
+        rules=rules.value,
+        show_progress=show_progress,
     )
     raise typer.Exit(code)
 
@@ -100,18 +147,32 @@ def _err(line: str) -> None:
 
 
 def _run(
-    *, directory: Path | None, single: Path | None, workers: int, age_minutes: float,
-    dry_run: bool, check_only: bool, as_json: bool, max_io_mbps: float | None,
-    max_cpu_percent: float | None, cpu_backoff_above: float | None,
-    cpu_backoff_strength: float, use_mmap: bool, rules: str, show_progress: bool,
+    *,
+    directory: Path | None,
+    single: Path | None,
+    workers: int,
+    age_minutes: float,
+    dry_run: bool,
+    check_only: bool,
+    as_json: bool,
+    max_io_mbps: float | None,
+    max_cpu_percent: float | None,
+    cpu_backoff_above: float | None,
+    cpu_backoff_strength: float,
+    use_mmap: bool,
+    rules: str,
+    show_progress: bool,
 ) -> int:
     from .throttle import CpuThrottle, IoThrottle
 
     t0 = time.perf_counter()
     # the throttles start before the engine loads, so loading it is charged to the CPU budget
     io = IoThrottle(max_io_mbps) if max_io_mbps else None
-    cpu = (CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
-           if max_cpu_percent is not None or cpu_backoff_above is not None else None)
+    cpu = (
+        CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
+        if max_cpu_percent is not None or cpu_backoff_above is not None
+        else None
+    )
 
     from . import coordinator as co
     from . import report
@@ -124,8 +185,11 @@ def _run(
         except OSError as e:
             msg = f"{directory}: cannot read the directory: {e.strerror or e}"
             if as_json:
-                print(report.json_report([], int((time.perf_counter() - t0) * 1000), check_only,
-                                         rules, error=msg))
+                print(
+                    report.json_report(
+                        [], int((time.perf_counter() - t0) * 1000), check_only, rules, error=msg
+                    )
+                )
             _err(f"FAIL {msg}")
             return EXIT_FAIL
     else:
@@ -145,8 +209,12 @@ def _run(
         return EXIT_OK
 
     job = co.Job(check_only=check_only, use_mmap=use_mmap, io=io, cpu=cpu)
-    results = _process(files, job, workers, as_json, show_progress, check_only,
-                       list_marked=directory is None)
+    try:
+        results = _process(
+            files, job, workers, as_json, show_progress, check_only, list_marked=directory is None
+        )
+    finally:
+        co.drain()
     if directory is not None:  # marked files are not listed in --dir mode
         results = [r for r in results if r.status != co.STATUS_MARKED]
     elapsed = time.perf_counter() - t0
@@ -168,8 +236,13 @@ def _marked_quietly(p: Path) -> bool:
 
 
 def _process(
-    files: list[Path], job: Job, workers: int, as_json: bool, show_progress: bool,
-    check_only: bool, list_marked: bool,
+    files: list[Path],
+    job: Job,
+    workers: int,
+    as_json: bool,
+    show_progress: bool,
+    check_only: bool,
+    list_marked: bool,
 ) -> list[FileResult]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -203,8 +276,9 @@ def _process(
     try:
         if bars is not None:
             bars.start()
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files) or 1)),
-                                thread_name_prefix="pcapslim-file") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(workers, len(files) or 1)), thread_name_prefix="pcapslim-file"
+        ) as pool:
             futures = [pool.submit(one, i) for i in range(len(files))]
             for f in futures:
                 f.result()

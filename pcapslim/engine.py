@@ -143,8 +143,10 @@ def process(
     use_mmap: bool = True,
     window_bytes: int = WINDOW_BYTES,
     max_records: int = MAX_RECORDS,
+    decide: bool = True,
 ) -> SlimStats:
-    """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None)."""
+    """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
+    With decide=False nothing is cut: the records are only found and counted."""
     t0 = time.perf_counter()
     stats = SlimStats(path=path)
     with open_source(fd, use_mmap, window_bytes) as src:
@@ -152,7 +154,7 @@ def process(
         head_buf, _, h0, h1 = src.window(0, 24)
         fmt = detect_format(bytes(head_buf[h0:h1]), path)
         stats.format = fmt.name
-        out_pos = _run(path, src, fmt, sink, stats, on_progress, window_bytes, max_records)
+        out_pos = _run(path, src, fmt, sink, stats, on_progress, window_bytes, max_records, decide)
     stats.out_bytes = out_pos
     stats.elapsed_ms = int((time.perf_counter() - t0) * 1000)
     return stats
@@ -167,7 +169,12 @@ class _CopyStage:
     """
 
     def __init__(
-        self, path: str, sink: Sink | None, pcapng: bool, window_bytes: int, max_records: int,
+        self,
+        path: str,
+        sink: Sink | None,
+        pcapng: bool,
+        window_bytes: int,
+        max_records: int,
         pipelined: bool,
     ) -> None:
         self.path = path
@@ -200,8 +207,13 @@ class _CopyStage:
             self._pending = self._pool.submit(self._copy_and_write, *args)
 
     def _copy_and_write(
-        self, buf: Bytes, rec: npt.NDArray[np.int64], n: int, out: Bytes,
-        out_off: npt.NDArray[np.int64], total: int,
+        self,
+        buf: Bytes,
+        rec: npt.NDArray[np.int64],
+        n: int,
+        out: Bytes,
+        out_off: npt.NDArray[np.int64],
+        total: int,
     ) -> None:
         assert self.sink is not None
         if copy_records(buf, rec, n, out, out_off, self.pcapng) != 0:
@@ -238,12 +250,14 @@ def _run(
     on_progress: ProgressCallback | None,
     window_bytes: int,
     max_records: int,
+    decide: bool,
 ) -> int:
     pcapng = fmt.name == "pcapng"
-    stage = _CopyStage(path, sink, pcapng, window_bytes, max_records,
-                       pipelined=isinstance(src, MappedSource))
+    stage = _CopyStage(
+        path, sink, pcapng, window_bytes, max_records, pipelined=isinstance(src, MappedSource)
+    )
     try:
-        out_pos = _index_all(path, src, fmt, stage, stats, on_progress, window_bytes)
+        out_pos = _index_all(path, src, fmt, stage, stats, on_progress, window_bytes, decide)
         stage.wait()
     finally:
         stage.close()
@@ -258,6 +272,7 @@ def _index_all(
     stats: SlimStats,
     on_progress: ProgressCallback | None,
     window_bytes: int,
+    decide: bool,
 ) -> int:
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
@@ -275,10 +290,12 @@ def _index_all(
         buf, base, start, end = src.window(pos, want)
         rec = stage.rec
         if pcapng:
-            n, nxt, status, need = index_pcapng(buf, start, end, state, if_link, if_snap, rec)
+            n, nxt, status, need = index_pcapng(
+                buf, start, end, state, if_link, if_snap, rec, decide
+            )
         else:
             n, nxt, status, need = index_pcap(
-                buf, start, end, int(fmt.little_endian), fmt.snaplen, fmt.linktype, rec
+                buf, start, end, int(fmt.little_endian), fmt.snaplen, fmt.linktype, rec, decide
             )
         if n:
             outlen = rec[:n, F_OUTLEN]

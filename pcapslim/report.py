@@ -20,8 +20,10 @@ def counts(results: Sequence[FileResult]) -> dict[str, int]:
 def human_line(r: FileResult) -> str:
     if r.status == STATUS_OK and r.stats is not None:
         s = r.stats
-        return (f"ok {r.path} pkts={s.in_pkts} truncated={s.truncated} in={s.in_bytes} "
-                f"out={s.out_bytes} ({s.elapsed_ms}ms)")
+        return (
+            f"ok {r.path} pkts={s.in_pkts} truncated={s.truncated} in={s.in_bytes} "
+            f"out={s.out_bytes} ({s.elapsed_ms}ms)"
+        )
     if r.status == STATUS_MARKED:
         return f"skip (marked): {r.path}"
     if r.status == STATUS_BUSY:
@@ -46,7 +48,10 @@ def file_entry(r: FileResult, rules: str) -> dict[str, Any]:
 
 
 def json_report(
-    results: Sequence[FileResult], elapsed_ms: int, check_only: bool, rules: str,
+    results: Sequence[FileResult],
+    elapsed_ms: int,
+    check_only: bool,
+    rules: str,
     error: str | None = None,
 ) -> str:
     summary: dict[str, Any] = dict(counts(results))

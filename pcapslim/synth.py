@@ -50,7 +50,9 @@ def addr(text: str) -> bytes:
 # --- link layers ----------------------------------------------------------------------------
 
 
-def ether(payload: bytes, etype: int, tags: Sequence[tuple[int, int]] = (), trailer: bytes = b"") -> bytes:
+def ether(
+    payload: bytes, etype: int, tags: Sequence[tuple[int, int]] = (), trailer: bytes = b""
+) -> bytes:
     """Ethernet II; tags are (tag EtherType, VLAN id) pairs, outermost first."""
     # each tag's inner type is written by the next tag (or the real EtherType)
     out = ZERO_MAC + bytes.fromhex("020000000001")
@@ -104,9 +106,22 @@ def ipv4(
     options += b"\0" * (-len(options) % 4)
     ihl = 5 + len(options) // 4
     total = 20 + len(options) + len(payload) if total_len is None else total_len
-    hdr = struct.pack(
-        "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags_frag, ttl, proto, 0, addr(src), addr(dst)
-    ) + options
+    hdr = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            total,
+            ident,
+            flags_frag,
+            ttl,
+            proto,
+            0,
+            addr(src),
+            addr(dst),
+        )
+        + options
+    )
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return hdr + payload
 
@@ -172,12 +187,23 @@ def ipv6(
 # --- transport layer ------------------------------------------------------------------------
 
 
-def tcp(sport: int, dport: int, payload: bytes = b"", *, options: bytes = b"", seq: int = 1,
-        flags: int = 0x18) -> bytes:
+def tcp(
+    sport: int,
+    dport: int,
+    payload: bytes = b"",
+    *,
+    options: bytes = b"",
+    seq: int = 1,
+    flags: int = 0x18,
+) -> bytes:
     """TCP header (checksum 0: fill it with `with_l4_checksum`) + payload."""
     options += b"\0" * (-len(options) % 4)
     doff = 5 + len(options) // 4
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, 1, doff << 4, flags, 65535, 0, 0) + options + payload
+    return (
+        struct.pack("!HHIIBBHHH", sport, dport, seq, 1, doff << 4, flags, 65535, 0, 0)
+        + options
+        + payload
+    )
 
 
 def udp(sport: int, dport: int, payload: bytes = b"") -> bytes:
@@ -260,9 +286,13 @@ def pcapng_shb(little_endian: bool = True, section_len: int = -1, options: bytes
     )
 
 
-def pcapng_idb(linktype: int, snaplen: int = 262144, little_endian: bool = True, options: bytes = b"") -> bytes:
+def pcapng_idb(
+    linktype: int, snaplen: int = 262144, little_endian: bool = True, options: bytes = b""
+) -> bytes:
     o = "<" if little_endian else ">"
-    return pcapng_block(PCAPNG_IDB, struct.pack(o + "HHI", linktype, 0, snaplen) + options, little_endian)
+    return pcapng_block(
+        PCAPNG_IDB, struct.pack(o + "HHI", linktype, 0, snaplen) + options, little_endian
+    )
 
 
 def pcapng_epb(r: Record, little_endian: bool = True) -> bytes:

@@ -18,7 +18,7 @@ class Rec:
 
 def read_records(data: bytes) -> list[Rec]:
     for order in ("<", ">"):
-        magic, = struct.unpack(order + "I", data[:4])
+        (magic,) = struct.unpack(order + "I", data[:4])
         if magic in (0xA1B2C3D4, 0xA1B23C4D):
             link = struct.unpack(order + "I", data[20:24])[0] & 0xFFFF
             out, pos = [], 24
@@ -26,7 +26,9 @@ def read_records(data: bytes) -> list[Rec]:
                 s, f, incl, orig = struct.unpack(order + "IIII", data[pos : pos + 16])
                 if pos + 16 + incl > len(data):
                     break
-                out.append(Rec(data[pos : pos + 16], data[pos + 16 : pos + 16 + incl], link, (s, f), orig))
+                out.append(
+                    Rec(data[pos : pos + 16], data[pos + 16 : pos + 16 + incl], link, (s, f), orig)
+                )
                 pos += 16 + incl
             return out
     out, pos, order, links = [], 0, "<", []
@@ -44,6 +46,8 @@ def read_records(data: bytes) -> list[Rec]:
             iface, hi, lo, cap, orig = struct.unpack(order + "IIIII", block[8:28])
             if iface < len(links):
                 opts = block[28 + cap + (-cap % 4) : -4]
-                out.append(Rec(block[8:28], block[28 : 28 + cap], links[iface], (hi, lo), orig, opts))
+                out.append(
+                    Rec(block[8:28], block[28 : 28 + cap], links[iface], (hi, lo), orig, opts)
+                )
         pos += blen
     return out

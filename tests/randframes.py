@@ -123,7 +123,10 @@ def ip_packet(r: random.Random, version: int) -> bytes:
 
 
 def _tags(r: random.Random) -> list[tuple[int, int]]:
-    return [(r.choice((0x8100, 0x88A8, 0x9100)), r.randrange(4096)) for _ in range(r.choice((0, 0, 0, 1, 2, 3)))]
+    return [
+        (r.choice((0x8100, 0x88A8, 0x9100)), r.randrange(4096))
+        for _ in range(r.choice((0, 0, 0, 1, 2, 3)))
+    ]
 
 
 def frame(r: random.Random, link: int) -> bytes:
@@ -138,7 +141,9 @@ def frame(r: random.Random, link: int) -> bytes:
         if link == 1:
             trailer = r.randbytes(r.choice((0, 0, 0, 4, 6, 18)))
             if use_mpls:
-                f = synth.mpls(pkt, [r.randrange(16, 1 << 20) for _ in range(r.randrange(1, 4))], tags)
+                f = synth.mpls(
+                    pkt, [r.randrange(16, 1 << 20) for _ in range(r.randrange(1, 4))], tags
+                )
                 f += trailer
             else:
                 f = synth.ether(pkt, etype, tags, trailer)

@@ -23,8 +23,12 @@ SUMMARY = re.compile(r"^(done|check): ok=(\d+) skip=(\d+) fail=(\d+) elapsed=\d+
 
 
 def run(*args: object, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run([sys.executable, "-m", "pcapslim", *map(str, args)],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "pcapslim", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check_rc is not None:
         assert p.returncode == check_rc, (p.returncode, p.stdout, p.stderr)
     return p
@@ -55,32 +59,44 @@ def age(path: Path, seconds_ago: float) -> None:
 
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_version_and_help_answer_without_loading_numba(flag):  # type: ignore[no-untyped-def]
-    code = ("import sys\nsys.argv = ['pcap-slim', %r]\nfrom pcapslim.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    rc = e.code\n"
-            "print('RC', rc, 'numba' in sys.modules)" % flag)
+    code = "\n".join(
+        [
+            "import sys",
+            f"sys.argv = ['pcap-slim', {flag!r}]",
+            "from pcapslim.cli import main",
+            "try:",
+            "    main()",
+            "except SystemExit as e:",
+            "    rc = e.code",
+            "print('RC', rc, 'numba' in sys.modules)",
+        ]
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip().splitlines()[-1] == "RC 0 False"
     if flag == "--version":
         assert run("--version", check_rc=0).stdout.strip() == "pcap-slim 0.1.0"
 
 
-@pytest.mark.parametrize("args", [
-    [],
-    ["--dir", "/tmp", "--single", "/tmp/x.pcap"],
-    ["--single", "x.pcap", "--mmap", "--no-mmap"],
-    ["--dir", "/tmp", "--workers", "0"],
-    ["--dir", "/tmp", "--max-cpu-percent", "0"],
-    ["--dir", "/tmp", "--max-cpu-percent", "101"],
-    ["--dir", "/tmp", "--cpu-backoff-strength", "1.5"],
-    ["--dir", "/tmp", "--cpu-backoff-above", "-1"],
-    ["--dir", "/tmp", "--max-io-mbps", "0"],
-    ["--dir", "/tmp", "--age-minutes", "-1"],
-    ["--dir", "/tmp", "--output", "xml"],
-    ["--dir", "/tmp", "--rules", "strict"],
-    ["--single", "x.pcap", "--age-minutes", "5"],
-    ["--dir", "/tmp", "--dry-run", "--check-only"],
-    ["--dir", "/tmp", "--bogus"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--dir", "/tmp", "--single", "/tmp/x.pcap"],
+        ["--single", "x.pcap", "--mmap", "--no-mmap"],
+        ["--dir", "/tmp", "--workers", "0"],
+        ["--dir", "/tmp", "--max-cpu-percent", "0"],
+        ["--dir", "/tmp", "--max-cpu-percent", "101"],
+        ["--dir", "/tmp", "--cpu-backoff-strength", "1.5"],
+        ["--dir", "/tmp", "--cpu-backoff-above", "-1"],
+        ["--dir", "/tmp", "--max-io-mbps", "0"],
+        ["--dir", "/tmp", "--age-minutes", "-1"],
+        ["--dir", "/tmp", "--output", "xml"],
+        ["--dir", "/tmp", "--rules", "strict"],
+        ["--single", "x.pcap", "--age-minutes", "5"],
+        ["--dir", "/tmp", "--dry-run", "--check-only"],
+        ["--dir", "/tmp", "--bogus"],
+    ],
+)
 def test_usage_errors_exit_2_and_touch_nothing(args):  # type: ignore[no-untyped-def]
     p = run(*args, check_rc=2)
     assert p.stdout == ""
@@ -126,8 +142,20 @@ def test_json_report_has_every_key_of_the_native_tool(tmp_path):  # type: ignore
     assert set(doc["summary"]) >= {"ok", "skip", "fail", "elapsed_ms", "check_only"}
     assert doc["summary"]["ok"] == 1 and doc["summary"]["check_only"] is False
     (entry,) = doc["files"]
-    assert set(entry) >= {"file", "status", "in_pkts", "truncated", "kept", "in_bytes", "out_bytes",
-                          "elapsed_ms", "truncated_by", "linktypes", "format", "tail_bytes"}
+    assert set(entry) >= {
+        "file",
+        "status",
+        "in_pkts",
+        "truncated",
+        "kept",
+        "in_bytes",
+        "out_bytes",
+        "elapsed_ms",
+        "truncated_by",
+        "linktypes",
+        "format",
+        "tail_bytes",
+    }
     assert entry["status"] == "ok" and entry["format"] == "pcap"
     assert set(entry["truncated_by"]) == {"tls", "tls_other_port", "ssh", "quic", "ipsec"}
     assert sum(entry["truncated_by"].values()) == entry["truncated"]
@@ -150,7 +178,11 @@ def test_owner_mode_and_times_survive(tmp_path):  # type: ignore[no-untyped-def]
     after = f.stat()
     assert after.st_ino != before.st_ino  # replaced by rename
     assert after.st_size < before.st_size
-    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_gid,
+    )
     assert after.st_mtime_ns == 1_600_000_100_987_654_321
     assert after.st_atime_ns == 1_600_000_000_123_456_789
 
@@ -235,7 +267,9 @@ def test_age_filter_leaves_young_files_out(tmp_path):  # type: ignore[no-untyped
     (tmp_path / "old.pcap").write_bytes(capture())
     (tmp_path / "young.pcap").write_bytes(capture())
     age(tmp_path / "old.pcap", 600)
-    doc = json.loads(run("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout)
+    doc = json.loads(
+        run("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout
+    )
     assert [Path(e["file"]).name for e in doc["files"]] == ["old.pcap"]
     assert (tmp_path / "young.pcap").read_bytes() == capture()
 
@@ -272,7 +306,13 @@ def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
     p = run("--dir", tmp_path, "--dry-run", "--output", "json", check_rc=0)
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
-    assert [Path(x["file"]).name for x in lines] == ["a_old.pcap", "b_ns_be.pcap", "c.pcapng", "d_bad.pcap", "e.pcap"]
+    assert [Path(x["file"]).name for x in lines] == [
+        "a_old.pcap",
+        "b_ns_be.pcap",
+        "c.pcapng",
+        "d_bad.pcap",
+        "e.pcap",
+    ]
     assert {x["status"] for x in lines} == {"would_slim"}
     h = run("--dir", tmp_path, "--dry-run", check_rc=0)
     assert h.stderr.splitlines()[0] == f"would slim: {tmp_path / 'a_old.pcap'}"
@@ -288,9 +328,23 @@ def test_check_only_reports_the_numbers_and_writes_nothing(tmp_path):  # type: i
     assert check["summary"]["check_only"] is True
     assert f.read_bytes() == SAMPLE.read_bytes() and f.stat().st_mtime_ns == mtime
     assert not (tmp_path / ".slim_markers").exists() and not list(tmp_path.glob("*.tmp"))
-    assert run("--single", f, "--check-only", check_rc=0).stderr.strip().splitlines()[-1].startswith("check: ok=1")
+    assert (
+        run("--single", f, "--check-only", check_rc=0)
+        .stderr.strip()
+        .splitlines()[-1]
+        .startswith("check: ok=1")
+    )
     real = json.loads(run("--single", f, "--output", "json", check_rc=0).stdout)
-    keys = ("in_pkts", "truncated", "kept", "in_bytes", "out_bytes", "truncated_by", "linktypes", "tail_bytes")
+    keys = (
+        "in_pkts",
+        "truncated",
+        "kept",
+        "in_bytes",
+        "out_bytes",
+        "truncated_by",
+        "linktypes",
+        "tail_bytes",
+    )
     assert {k: check["files"][0][k] for k in keys} == {k: real["files"][0][k] for k in keys}
 
 
@@ -313,5 +367,6 @@ def test_progress_bars_render_when_asked(tmp_path):  # type: ignore[no-untyped-d
     shutil.copyfile(SAMPLE, f)
     p = run("--single", f, "--progress", check_rc=0)
     assert "all files" in p.stderr and OK_LINE.match(
-        [x for x in p.stderr.splitlines() if x.startswith("ok ")][0])
+        [x for x in p.stderr.splitlines() if x.startswith("ok ")][0]
+    )
     assert "all files" not in run("--single", f, "--no-progress", check_rc=0).stderr

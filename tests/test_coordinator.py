@@ -18,7 +18,9 @@ def _capture(n: int = 50) -> bytes:
 
 
 def _leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp") or p.name == ".slim_markers")
+    return sorted(
+        p.name for p in d.iterdir() if p.name.endswith(".tmp") or p.name == ".slim_markers"
+    )
 
 
 def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]

@@ -73,5 +73,7 @@ def test_pcapng_sections_interfaces_and_byte_orders_match_naive_twin(tmp_path, s
             frame = randframes.frame(r, links[iface])
             recs.append(synth.Record(frame, ts=i, frac=3, iface=iface, options=opts))
             links_seen.append(links[iface])
-        parts.append(synth.pcapng_bytes(recs, links, little_endian=le, section_len=r.choice((-1, 4096))))
+        parts.append(
+            synth.pcapng_bytes(recs, links, little_endian=le, section_len=r.choice((-1, 4096)))
+        )
     _check_file(tmp_path, b"".join(parts), links_seen)

@@ -18,14 +18,21 @@ PLAIN_FRAME = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n"
 
 
 def _mixed_pcap(**kw) -> bytes:  # type: ignore[no-untyped-def]
-    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in
-                             enumerate([TLS_FRAME, PLAIN_FRAME, TLS_FRAME, PLAIN_FRAME])], **kw)
+    return synth.pcap_bytes(
+        [
+            synth.Record(f, ts=i)
+            for i, f in enumerate([TLS_FRAME, PLAIN_FRAME, TLS_FRAME, PLAIN_FRAME])
+        ],
+        **kw,
+    )
 
 
 # --- unknown and short ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [b"", b"\xd4\xc3\xb2\xa1" + bytes(19), b"hello world, not a capture!!"])
+@pytest.mark.parametrize(
+    "data", [b"", b"\xd4\xc3\xb2\xa1" + bytes(19), b"hello world, not a capture!!"]
+)
 def test_unknown_or_short_input_fails_with_a_clear_message(write, data):  # type: ignore[no-untyped-def]
     p = write("x.pcap", data)
     with pytest.raises(UnknownFormatError, match=str(p)):
@@ -66,8 +73,10 @@ def test_pcap_cut_at_every_offset_keeps_complete_records_and_the_tail(tmp_path):
 
 
 def test_pcapng_cut_at_every_offset_keeps_complete_blocks_and_the_tail(tmp_path):  # type: ignore[no-untyped-def]
-    recs = [synth.Record(f, ts=i, options=synth.pcapng_option(1, b"note")) for i, f in
-            enumerate([TLS_FRAME, PLAIN_FRAME, TLS_FRAME])]
+    recs = [
+        synth.Record(f, ts=i, options=synth.pcapng_option(1, b"note"))
+        for i, f in enumerate([TLS_FRAME, PLAIN_FRAME, TLS_FRAME])
+    ]
     data = synth.pcapng_bytes(recs, section_len=4242)
     src = tmp_path / "t.pcapng"
     for cut in range(24, len(data) + 1):
@@ -99,7 +108,10 @@ def test_corrupt_caplen_names_the_record_and_offset(write):  # type: ignore[no-u
     with pytest.raises(CorruptCaptureError) as err:
         slim_file(p, p.with_suffix(".out"))
     # by hand: 24-byte header + (16 + 154) + (16 + 118) = 328
-    assert (err.value.record, err.value.offset) == (3, 24 + 16 + len(TLS_FRAME) + 16 + len(PLAIN_FRAME))
+    assert (err.value.record, err.value.offset) == (
+        3,
+        24 + 16 + len(TLS_FRAME) + 16 + len(PLAIN_FRAME),
+    )
     assert "record 3 at byte offset 328" in str(err.value) and "300000" in str(err.value)
     assert not p.with_suffix(".out").exists()
 
@@ -112,7 +124,9 @@ def test_large_caplen_within_the_snaplen_is_not_corrupt(write):  # type: ignore[
 
 
 def test_corrupt_caplen_is_checked_before_the_end_of_file(write):  # type: ignore[no-untyped-def]
-    data = synth.pcap_bytes([synth.Record(TLS_FRAME)], snaplen=1000) + _record_with_caplen(270_000, 10)
+    data = synth.pcap_bytes([synth.Record(TLS_FRAME)], snaplen=1000) + _record_with_caplen(
+        270_000, 10
+    )
     with pytest.raises(CorruptCaptureError) as err:
         analyze_file(write("c.pcap", data))
     assert err.value.record == 2
@@ -134,9 +148,18 @@ def _section(*blocks: bytes, snaplen: int = 65535) -> bytes:
     [
         (_section(struct.pack("<II", 0x99, 8) + bytes(16)), "below 12"),
         (_section(struct.pack("<II", 0x99, 14) + bytes(16)), "multiple of 4"),
-        (_section(struct.pack("<III", 0x99, 16, 0) + struct.pack("<I", 20)), "trailing block lengths differ"),
-        (synth.pcapng_block(0x0A0D0D0A, bytes([0x4D, 0x3C, 0x2B, 0x1A]) + bytes(8)), "section header"),
-        (synth.pcapng_shb()[:8] + b"\x11\x22\x33\x44" + synth.pcapng_shb()[12:], "byte-order magic"),
+        (
+            _section(struct.pack("<III", 0x99, 16, 0) + struct.pack("<I", 20)),
+            "trailing block lengths differ",
+        ),
+        (
+            synth.pcapng_block(0x0A0D0D0A, bytes([0x4D, 0x3C, 0x2B, 0x1A]) + bytes(8)),
+            "section header",
+        ),
+        (
+            synth.pcapng_shb()[:8] + b"\x11\x22\x33\x44" + synth.pcapng_shb()[12:],
+            "byte-order magic",
+        ),
         (synth.pcapng_shb() + synth.pcapng_block(1, b"\x01\x00\x00\x00"), "interface description"),
         (_section(synth.pcapng_block(6, bytes(16))), "enhanced packet block"),
         (_section(_epb_raw(200, bytes(100))), "does not fit"),
@@ -163,7 +186,9 @@ def test_pcapng_snaplen_zero_means_unlimited(write):  # type: ignore[no-untyped-
 
 def test_section_length_becomes_unspecified_only_when_the_section_changed(tmp_path):  # type: ignore[no-untyped-def]
     changed = synth.pcapng_bytes([synth.Record(TLS_FRAME)], section_len=12345)
-    unchanged = synth.pcapng_bytes([synth.Record(PLAIN_FRAME)], section_len=777, little_endian=False)
+    unchanged = synth.pcapng_bytes(
+        [synth.Record(PLAIN_FRAME)], section_len=777, little_endian=False
+    )
     (tmp_path / "s.pcapng").write_bytes(changed + unchanged)
     slim_file(tmp_path / "s.pcapng", tmp_path / "o.pcapng")
     out = (tmp_path / "o.pcapng").read_bytes()
@@ -175,7 +200,9 @@ def test_section_length_becomes_unspecified_only_when_the_section_changed(tmp_pa
 
 def test_simple_obsolete_and_undescribed_packets_are_kept_and_counted(write):  # type: ignore[no-untyped-def]
     spb = synth.pcapng_block(3, struct.pack("<I", len(TLS_FRAME)) + TLS_FRAME)
-    opb = synth.pcapng_block(2, struct.pack("<HHIIII", 0, 0, 0, 0, len(TLS_FRAME), len(TLS_FRAME)) + TLS_FRAME)
+    opb = synth.pcapng_block(
+        2, struct.pack("<HHIIII", 0, 0, 0, 0, len(TLS_FRAME), len(TLS_FRAME)) + TLS_FRAME
+    )
     stray = synth.pcapng_epb(synth.Record(TLS_FRAME, iface=5))
     nrb = synth.pcapng_block(4, bytes(8))
     data = _section(spb, opb, stray, nrb, synth.pcapng_epb(synth.Record(TLS_FRAME)))
@@ -210,8 +237,15 @@ def test_window_and_budget_never_change_the_output(tmp_path, use_mmap, window, b
         fd_in = os.open(src, os.O_RDONLY)
         fd_out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         progress: list[tuple[int, int]] = []
-        st = process(str(src), fd_in, FdSink(fd_out), use_mmap=use_mmap, window_bytes=window,
-                     max_records=budget, on_progress=lambda d, t: progress.append((d, t)))
+        st = process(
+            str(src),
+            fd_in,
+            FdSink(fd_out),
+            use_mmap=use_mmap,
+            window_bytes=window,
+            max_records=budget,
+            on_progress=lambda d, t, seen=progress: seen.append((d, t)),
+        )
         os.close(fd_in)
         os.close(fd_out)
         assert (tmp_path / "out").read_bytes() == expected.data

@@ -28,8 +28,13 @@ def _wellformed(r: random.Random) -> tuple[bytes, int]:
     n = r.choice((25, 26, 60, 300, 1400))
     payload = bytes([r.choice((0x17, 0x17, 0x16, 0x00, 0x41))]) + r.randbytes(n - 1)
     if r.random() < 0.6:
-        seg = synth.tcp(r.choice(CUT_PORTS_TCP), r.randrange(1024, 65535), payload,
-                        options=r.randbytes(r.choice((0, 12))), seq=r.randrange(1 << 32))
+        seg = synth.tcp(
+            r.choice(CUT_PORTS_TCP),
+            r.randrange(1024, 65535),
+            payload,
+            options=r.randbytes(r.choice((0, 12))),
+            seq=r.randrange(1 << 32),
+        )
         proto = 6
     else:
         seg = synth.udp(r.randrange(1024, 65535), r.choice(CUT_PORTS_UDP), payload)
@@ -71,7 +76,9 @@ def _verify_cut(frame: bytes, ip_off: int) -> None:
         l4 = pkt[TCP] if pkt.haslayer(TCP) else pkt[UDP]
         l4_bytes = bytes(l4.original) if l4.original else bytes(l4)
         l4_bytes = frame[len(frame) - len(l4_bytes) :]
-        assert in6_chksum(6 if isinstance(l4, TCP) else 17, l4, l4_bytes) == 0, "transport checksum (IPv6)"
+        assert in6_chksum(6 if isinstance(l4, TCP) else 17, l4, l4_bytes) == 0, (
+            "transport checksum (IPv6)"
+        )
     assert len(l4[Raw].load) == 24
     if isinstance(l4, UDP):
         assert l4.len == 32
@@ -111,7 +118,11 @@ def test_bundled_sample_cut_packets_verify_and_the_rest_is_identical(tmp_path): 
     before, after = read_records(src.read_bytes()), read_records((tmp_path / "o.pcap").read_bytes())
     cut = _assert_same_except_cut(before, after)
     assert len(cut) == stats.truncated
-    assert stats.in_pkts == 2065 and stats.truncated_by["tls"] > 500 and stats.truncated_by["ssh"] > 100
+    assert (
+        stats.in_pkts == 2065
+        and stats.truncated_by["tls"] > 500
+        and stats.truncated_by["ssh"] > 100
+    )
     for i in cut:
         _verify_cut(after[i].frame, 14)
     assert stats.out_bytes < stats.in_bytes / 2

@@ -8,7 +8,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,8 +28,12 @@ def _run_cli(*args: object) -> tuple[float, float, dict]:  # type: ignore[type-a
     """(wall seconds, child CPU seconds, JSON report)"""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pcapslim", *map(str, args), "--output", "json"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "pcapslim", *map(str, args), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert p.returncode == 0, p.stderr

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import (
-    CAT_KEEP,
     CAT_IPSEC,
+    CAT_KEEP,
     CAT_QUIC,
     F_CAPLEN,
     F_CAT,

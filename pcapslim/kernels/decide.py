@@ -284,13 +284,21 @@ def decide_frame(buf, f0, caplen, linktype):
         elif not tls_port and first == TLS_APPLICATION_DATA:
             cat = CAT_TLS_OTHER_PORT
         elif (sport == PORT_SSH or dport == PORT_SSH) and not (
-            buf[pay] == 0x53 and buf[pay + 1] == 0x53 and buf[pay + 2] == 0x48 and buf[pay + 3] == 0x2D
+            buf[pay] == 0x53
+            and buf[pay + 1] == 0x53
+            and buf[pay + 2] == 0x48
+            and buf[pay + 3] == 0x2D
         ):
             cat = CAT_SSH
     else:
         if sport == PORT_QUIC or dport == PORT_QUIC:
             cat = CAT_QUIC
-        elif sport == PORT_IKE or dport == PORT_IKE or sport == PORT_IKE_NAT_T or dport == PORT_IKE_NAT_T:
+        elif (
+            sport == PORT_IKE
+            or dport == PORT_IKE
+            or sport == PORT_IKE_NAT_T
+            or dport == PORT_IKE_NAT_T
+        ):
             cat = CAT_IPSEC
     if cat == CAT_KEEP:
         return CAT_KEEP, 0, 0, 0, 0

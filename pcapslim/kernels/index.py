@@ -2,7 +2,8 @@
 
 Each kernel fills rows of the record table (fields F_* of pcapslim.constants) for the complete
 records in buf[start:end] and returns (records, next_pos, status, need): `need` is how many
-bytes from next_pos the record there needs when status is ST_NEED_MORE.
+bytes from next_pos the record there needs when status is ST_NEED_MORE. With `decide` false
+they only find and check the records (the verification pass).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from ..constants import (
     F_END,
     F_IP,
     F_KIND,
-    F_LE,
     F_L4,
+    F_LE,
     F_LINK,
     F_OUTLEN,
     F_PAY,
@@ -74,9 +75,10 @@ def caplen_is_corrupt(caplen, snaplen):
 
 
 @jit
-def decide_into(buf, rec, i, data, caplen, linktype):
-    """Fill the decision fields of row i; return the number of frame bytes kept."""
-    if is_sliced_linktype(linktype):
+def decide_into(buf, rec, i, data, caplen, linktype, decide):
+    """Fill the decision fields of row i; return the number of frame bytes kept. With decide
+    false (counting records only) every packet is kept."""
+    if decide and is_sliced_linktype(linktype):
         cat, ip, l4, pay, dst = decide_frame(buf, data, caplen, linktype)
     else:
         cat, ip, l4, pay, dst = CAT_KEEP, 0, 0, 0, 0
@@ -91,7 +93,7 @@ def decide_into(buf, rec, i, data, caplen, linktype):
 
 
 @jit
-def index_pcap(buf, start, end, le, snaplen, linktype, rec):
+def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide):
     """Index classic pcap records in buf[start:end] (the 24-byte file header excluded)."""
     n = 0
     pos = start
@@ -117,7 +119,7 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec):
         rec[n, F_CAPLEN] = caplen
         rec[n, F_KIND] = KIND_PACKET
         rec[n, F_LINK] = linktype
-        kept = decide_into(buf, rec, n, data, caplen, linktype)
+        kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
         rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
         rec[n, F_LE] = le
         n += 1
@@ -138,7 +140,7 @@ def _plain_row(rec, n, pos, blen, kind, link):
 
 
 @jit
-def index_pcapng(buf, start, end, state, if_link, if_snap, rec):
+def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide):
     """Index pcapng blocks in buf[start:end]; state and interface tables carry across calls."""
     n = 0
     pos = start
@@ -219,7 +221,7 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec):
             rec[n, F_CAPLEN] = caplen
             rec[n, F_KIND] = KIND_PACKET
             rec[n, F_LINK] = link
-            kept = decide_into(buf, rec, n, data, caplen, link)
+            kept = decide_into(buf, rec, n, data, caplen, link, decide)
             rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
             rec[n, F_LE] = le
         elif btype == PCAPNG_EPB or btype == PCAPNG_OPB:

@@ -116,7 +116,10 @@ def be16(buf, i):
 @jit
 def be32(buf, i):
     return (
-        (np.int64(buf[i]) << 24) | (np.int64(buf[i + 1]) << 16) | (np.int64(buf[i + 2]) << 8) | np.int64(buf[i + 3])
+        (np.int64(buf[i]) << 24)
+        | (np.int64(buf[i + 1]) << 16)
+        | (np.int64(buf[i + 2]) << 8)
+        | np.int64(buf[i + 3])
     )
 
 
