@@ -249,7 +249,7 @@ def _process(
     from . import report
     from .coordinator import STATUS_MARKED, slim_in_place
 
-    bars = _Bars(files, check_only) if show_progress else None
+    bars = _Bars(files) if show_progress else None
     if bars is not None:
         job.on_progress = bars.update
     results: list[FileResult | None] = [None] * len(files)
@@ -293,7 +293,7 @@ def _process(
 class _Bars:
     """One overall bar in bytes (rate, ETA) and one bar per file being worked on."""
 
-    def __init__(self, files: list[Path], check_only: bool) -> None:
+    def __init__(self, files: list[Path]) -> None:
         import threading
 
         from rich.console import Console
@@ -316,11 +316,10 @@ class _Bars:
             console=self.console,
             transient=False,
         )
-        passes = 1 if check_only else 2  # slim pass + verification re-read
         sizes = {}
         for p in files:
             try:
-                sizes[str(p)] = os.stat(p).st_size * passes
+                sizes[str(p)] = os.stat(p).st_size
             except OSError:
                 sizes[str(p)] = 0
         self.total = self.progress.add_task("all files", total=sum(sizes.values()) or 1)

@@ -219,14 +219,11 @@ def write_marker(path: Path) -> None:
 class _Accounting:
     """Turns the engine's per-window progress into throttle charges and progress reports."""
 
-    def __init__(
-        self, path: str, job: Job, offset: int = 0, scale_total: int | None = None
-    ) -> None:
+    def __init__(self, path: str, job: Job, report: bool = True) -> None:
         self.path = path
         self.job = job
         self.last = 0
-        self.offset = offset
-        self.scale_total = scale_total
+        self.report = report  # the verification pass is throttled but not shown
 
     def __call__(self, done: int, total: int) -> None:
         if self.job.io is not None:
@@ -234,8 +231,8 @@ class _Accounting:
         if self.job.cpu is not None:
             self.job.cpu.checkpoint()
         self.last = done
-        if self.job.on_progress is not None:
-            self.job.on_progress(self.path, self.offset + done, self.scale_total or total)
+        if self.report and self.job.on_progress is not None:
+            self.job.on_progress(self.path, done, total)
 
 
 class _ThrottledSink(FdSink):
@@ -304,6 +301,13 @@ def slim_in_place(path: Path, job: Job) -> FileResult:
         return FileResult(name, STATUS_FAIL, error=str(e))
     except OSError as e:
         return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
+    except Exception as e:  # a bug must not stop the other files of the run
+        return FileResult(
+            name,
+            STATUS_FAIL,
+            error=f"{path}: internal error {type(e).__name__}: {e}; the original is untouched "
+            "(please report this)",
+        )
 
 
 def _os_message(path: Path, e: OSError) -> str:
@@ -334,10 +338,12 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
         before = os.fstat(src_fd)
         if not stat.S_ISREG(before.st_mode):
             raise PcapslimError(f"{path}: not a regular file; nothing was changed")
-        total = before.st_size
-        acct = _Accounting(name, job, scale_total=2 * total)
         stats = process(
-            name, src_fd, _ThrottledSink(tmp_fd, job.io), on_progress=acct, use_mmap=job.use_mmap
+            name,
+            src_fd,
+            _ThrottledSink(tmp_fd, job.io),
+            on_progress=_Accounting(name, job),
+            use_mmap=job.use_mmap,
         )
         # 3. re-read the tmp: exactly as many records as the input
         check_fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -346,7 +352,7 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
                 str(tmp),
                 check_fd,
                 job,
-                _Accounting(name, job, offset=total, scale_total=2 * total),
+                _Accounting(name, job, report=False),
                 decide=False,
             )
         finally:

@@ -28,7 +28,10 @@ def human_line(r: FileResult) -> str:
         return f"skip (marked): {r.path}"
     if r.status == STATUS_BUSY:
         return f"skip (busy): {r.path}"
-    return f"FAIL {r.path}: {r.error}"
+    reason = r.error or "failed"
+    if reason.startswith(f"{r.path}: "):  # the message names the file already
+        reason = reason[len(r.path) + 2 :]
+    return f"FAIL {r.path}: {reason}"
 
 
 def human_summary(results: Sequence[FileResult], elapsed_s: float, check_only: bool) -> str:

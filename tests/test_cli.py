@@ -197,7 +197,7 @@ def test_unknown_file_fails_with_the_original_untouched(tmp_path):  # type: igno
     assert not (tmp_path / "bad.pcap.tmp").exists()
     assert not (tmp_path / ".slim_markers").exists()
     h = run("--single", f, check_rc=1)
-    assert h.stderr.startswith(f"FAIL {f}: ")
+    assert h.stderr.startswith(f"FAIL {f}: unknown file format")
 
 
 def test_missing_single_file_fails(tmp_path):  # type: ignore[no-untyped-def]
