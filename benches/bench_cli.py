@@ -110,26 +110,56 @@ def main() -> int:
     if not part.exists():
         generate(part, a.dir_size_mb, seed=2)
     ddir = work / "dir"
-    throughput = {}
+    throughput: dict[str, dict[int, float]] = {"slim": {}, "check-only": {}}
+    total_mb = a.dir_files * part.stat().st_size / 1e6
+    for mode in ("slim", "check-only"):
+        for workers in (1, 2):
+            walls = []
+            for _ in range(a.repeat):
+                shutil.rmtree(ddir, ignore_errors=True)
+                ddir.mkdir()
+                for i in range(a.dir_files):
+                    _fresh_copy(part, ddir / f"f{i}.pcap")
+                extra = ["--check-only"] if mode == "check-only" else []
+                wall, doc = _pcap_slim("--dir", ddir, "--workers", workers, *extra)
+                assert doc["summary"]["ok"] == a.dir_files
+                walls.append(wall)
+            throughput[mode][workers] = total_mb / statistics.median(walls)
+            print(
+                f"--dir {a.dir_files} x {part.stat().st_size / 1e6:.0f} MB {mode}, --workers "
+                f"{workers}: median {statistics.median(walls):.3f} s, "
+                f"{throughput[mode][workers]:.0f} MB/s"
+            )
+    speedup = throughput["slim"][2] / throughput["slim"][1]
+    check_speedup = throughput["check-only"][2] / throughput["check-only"][1]
+    print(
+        f"2 workers / 1 worker throughput: slim {speedup:.2f} (target >= {WORKERS_TARGET}), "
+        f"check-only {check_speedup:.2f}"
+    )
+    # the same files analysed in one process, start-up excluded: how the kernels scale
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pcapslim import coordinator as co
+
+    files = sorted(ddir.glob("*.pcap"))
+    co.slim_in_place(files[0], co.Job(check_only=True))  # load the kernels
+    inproc: dict[int, float] = {}
     for workers in (1, 2):
         walls = []
         for _ in range(a.repeat):
-            shutil.rmtree(ddir, ignore_errors=True)
-            ddir.mkdir()
-            for i in range(a.dir_files):
-                _fresh_copy(part, ddir / f"f{i}.pcap")
-            wall, doc = _pcap_slim("--dir", ddir, "--workers", workers)
-            assert doc["summary"]["ok"] == a.dir_files
-            walls.append(wall)
-        total_mb = a.dir_files * part.stat().st_size / 1e6
-        throughput[workers] = total_mb / statistics.median(walls)
-        print(
-            f"--dir {a.dir_files} x {part.stat().st_size / 1e6:.0f} MB, --workers {workers}: "
-            f"median {statistics.median(walls):.3f} s, {throughput[workers]:.0f} MB/s"
-        )
-    speedup = throughput[2] / throughput[1]
-    print(f"2 workers / 1 worker throughput: {speedup:.2f} (target >= {WORKERS_TARGET})")
-    res["dir"] = {"throughput_mb_s": throughput, "speedup": speedup}
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda f: co.slim_in_place(f, co.Job(check_only=True)), files))
+            walls.append(time.perf_counter() - t0)
+        inproc[workers] = total_mb / statistics.median(walls)
+        print(f"in-process check-only, {workers} thread(s): {inproc[workers]:.0f} MB/s")
+    print(f"  in-process 2 / 1: {inproc[2] / inproc[1]:.2f}")
+    res["dir"] = {
+        "throughput_mb_s": throughput,
+        "speedup": speedup,
+        "check_only_speedup": check_speedup,
+        "in_process_check_only_mb_s": inproc,
+    }
     shutil.rmtree(work, ignore_errors=True)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
