@@ -132,8 +132,8 @@ def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) ->
             try:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone already, or not ours to remove: the file's own run will say
     return removed
 
 
@@ -158,13 +158,14 @@ def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
                 st = os.lstat(tmp)
             except FileNotFoundError:
                 continue  # its owner just renamed or removed it: try again
-            if stat.S_ISDIR(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # workers only ever create regular files
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
                 raise PlantedPathError(
-                    f"{path}: {tmp} is a directory; remove it so the file can be slimmed"
+                    f"{path}: {tmp} is {kind}; remove it so the file can be slimmed"
                 ) from None
             if clock() - st.st_mtime < STALE_TMP_SECONDS:
                 return None
-            os.unlink(tmp)  # stale: a dead worker's, or a planted symlink (not followed)
+            os.unlink(tmp)  # stale: a dead worker's
     return None
 
 
@@ -331,72 +332,35 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
     tmp_fd = _create_tmp(path, job.clock)  # before the source is read (SPEC §5 step 2)
     if tmp_fd is None:
         return FileResult(name, STATUS_BUSY)
-    renamed = False
+    tmp_gone = False
     src_fd = -1
     try:
         src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         before = os.fstat(src_fd)
         if not stat.S_ISREG(before.st_mode):
             raise PcapslimError(f"{path}: not a regular file; nothing was changed")
+        sink = _ThrottledSink(tmp_fd, job.io)
         stats = process(
-            name,
-            src_fd,
-            _ThrottledSink(tmp_fd, job.io),
-            on_progress=_Accounting(name, job),
-            use_mmap=job.use_mmap,
+            name, src_fd, sink, on_progress=_Accounting(name, job), use_mmap=job.use_mmap
         )
-        # 3. re-read the tmp: exactly as many records as the input
-        check_fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            check = _analyze_fd(
-                str(tmp),
-                check_fd,
-                job,
-                _Accounting(name, job, report=False),
-                decide=False,
-            )
-        finally:
-            os.close(check_fd)
-        if (check.records, check.in_pkts, check.in_bytes) != (
-            stats.records,
-            stats.in_pkts,
-            stats.out_bytes,
-        ):
-            raise VerificationError(
-                f"{path}: the slim copy re-read as {check.in_pkts} packets / {check.records} "
-                f"records / {check.in_bytes} bytes, expected {stats.in_pkts} / {stats.records} / "
-                f"{stats.out_bytes}; the original was kept"
-            )
-        # 4. mode, owner, times; fsync
-        os.fchmod(tmp_fd, stat.S_IMODE(before.st_mode))
-        try:
-            os.fchown(tmp_fd, before.st_uid, before.st_gid)
-        except PermissionError:
-            pass
-        os.utime(tmp_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.fsync(tmp_fd)
-        # 5. the original must not have changed meanwhile
-        try:
-            now = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            raise SourceChangedError(
-                f"{path}: the file was removed while it was being slimmed"
-            ) from None
-        if (now.st_ino, now.st_size, now.st_mtime_ns) != (
-            before.st_ino,
-            before.st_size,
-            before.st_mtime_ns,
-        ):
-            raise SourceChangedError(
-                f"{path}: the file changed while it was being read (size or mtime); it was left "
-                "as it is and will be taken again on a later run"
-            )
-        # 6. atomic rename, directory fsync
-        os.rename(tmp, path)
-        renamed = True
-        _fsync_dir(path.parent)
+        if stats.truncated == 0 and stats.out_bytes == stats.in_bytes:
+            # nothing to cut (already slim, or nothing encrypted): the copy would equal the
+            # original, which stays as it is; only the marker is written
+            _check_unchanged(path, before)
+            os.unlink(tmp)
+            tmp_gone = True
+            os.close(src_fd)
+            src_fd = -1
+        else:
+            _verify(path, tmp, tmp_fd, stats, job)
+            _carry_over(tmp_fd, before)
+            _check_unchanged(path, before)
+            # 6. atomic rename, directory fsync
+            os.rename(tmp, path)
+            tmp_gone = True
+            _fsync_dir(path.parent)
     except BaseException:
-        if not renamed:
+        if not tmp_gone:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
@@ -406,7 +370,8 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
         raise
     finally:
         os.close(tmp_fd)
-    _releaser.release(src_fd)  # the replaced original is freed in the background
+    if src_fd >= 0:
+        _releaser.release(src_fd)  # the replaced original is freed in the background
     # 7. the marker is the last write
     try:
         write_marker(path)
@@ -419,3 +384,51 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             error=f"slimmed, but the marker could not be written: {detail}",
         )
     return FileResult(name, STATUS_OK, stats)
+
+
+def _verify(path: Path, tmp: Path, tmp_fd: int, stats: SlimStats, job: Job) -> None:
+    """3. Re-read the tmp: exactly as many records (and bytes) as were written."""
+    check_fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        check = _analyze_fd(
+            str(tmp), check_fd, job, _Accounting(str(path), job, report=False), decide=False
+        )
+    finally:
+        os.close(check_fd)
+    got = (check.records, check.in_pkts, check.in_bytes)
+    if got != (stats.records, stats.in_pkts, stats.out_bytes):
+        raise VerificationError(
+            f"{path}: the slim copy re-read as {check.in_pkts} packets / {check.records} "
+            f"records / {check.in_bytes} bytes, expected {stats.in_pkts} / {stats.records} / "
+            f"{stats.out_bytes}; the original was kept"
+        )
+
+
+def _carry_over(tmp_fd: int, before: os.stat_result) -> None:
+    """4. The original's mode, owner and group (when permitted) and times; then fsync."""
+    os.fchmod(tmp_fd, stat.S_IMODE(before.st_mode))
+    try:
+        os.fchown(tmp_fd, before.st_uid, before.st_gid)
+    except PermissionError:
+        pass
+    os.utime(tmp_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.fsync(tmp_fd)
+
+
+def _check_unchanged(path: Path, before: os.stat_result) -> None:
+    """5. The original must be the same file, with the same size and mtime, as when read."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        raise SourceChangedError(
+            f"{path}: the file was removed while it was being slimmed"
+        ) from None
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    ):
+        raise SourceChangedError(
+            f"{path}: the file changed while it was being read (size or mtime); it was left "
+            "as it is and will be taken again on a later run"
+        )

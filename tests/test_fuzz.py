@@ -21,11 +21,16 @@ from pcapslim import PcapslimError, synth
 from pcapslim.engine import FdSink, process
 
 settings.register_profile(
-    "ci", max_examples=150, deadline=None, derandomize=True,
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "campaign", max_examples=10_000_000, deadline=None,
+    "campaign",
+    max_examples=10_000_000,
+    deadline=None,
     suppress_health_check=list(HealthCheck),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -36,18 +41,32 @@ def _base_capture(seed: int, kind: str) -> bytes:
     if kind == "pcap":
         link = r.choice(randframes.ALL_LINKS)
         recs = [synth.Record(randframes.frame(r, link), ts=i) for i in range(r.randrange(1, 40))]
-        return synth.pcap_bytes(recs, link, little_endian=r.random() < 0.5,
-                                nanosecond=r.random() < 0.5, snaplen=r.choice((65535, 262144, 0)))
+        return synth.pcap_bytes(
+            recs,
+            link,
+            little_endian=r.random() < 0.5,
+            nanosecond=r.random() < 0.5,
+            snaplen=r.choice((65535, 262144, 0)),
+        )
     parts = []
     for _ in range(r.randrange(1, 3)):
         le = r.random() < 0.5
         links = [r.choice(randframes.ALL_LINKS) for _ in range(r.randrange(1, 3))]
-        blocks = [synth.pcapng_shb(le, r.choice((-1, 100)),
-                                   synth.pcapng_option(2, b"hw", le) if r.random() < 0.5 else b"")]
+        blocks = [
+            synth.pcapng_shb(
+                le,
+                r.choice((-1, 100)),
+                synth.pcapng_option(2, b"hw", le) if r.random() < 0.5 else b"",
+            )
+        ]
         blocks += [synth.pcapng_idb(lt, r.choice((0, 128, 262144)), le) for lt in links]
         for i in range(r.randrange(0, 30)):
             iface = r.randrange(len(links))
-            opts = synth.pcapng_option(1, r.randbytes(r.randrange(0, 9)), le) if r.random() < 0.3 else b""
+            opts = (
+                synth.pcapng_option(1, r.randbytes(r.randrange(0, 9)), le)
+                if r.random() < 0.3
+                else b""
+            )
             rec = synth.Record(randframes.frame(r, links[iface]), ts=i, iface=iface, options=opts)
             blocks.append(synth.pcapng_epb(rec, le))
             if r.random() < 0.05:
@@ -58,7 +77,9 @@ def _base_capture(seed: int, kind: str) -> bytes:
 
 @st.composite
 def hostile_captures(draw: st.DrawFn) -> bytes:
-    data = bytearray(_base_capture(draw(st.integers(0, 2**32)), draw(st.sampled_from(["pcap", "pcapng"]))))
+    data = bytearray(
+        _base_capture(draw(st.integers(0, 2**32)), draw(st.sampled_from(["pcap", "pcapng"])))
+    )
     for _ in range(draw(st.integers(0, 6))):
         op = draw(st.sampled_from(["flip", "byte", "u32", "truncate", "insert", "delete", "link"]))
         if not data:
@@ -69,8 +90,28 @@ def hostile_captures(draw: st.DrawFn) -> bytes:
         elif op == "byte":
             data[at] = draw(st.integers(0, 255))
         elif op == "u32" and at + 4 <= len(data):
-            value = draw(st.sampled_from([0, 1, 11, 12, 13, 16, 27, 28, 31, 32, 0xFFFF, 262144,
-                                          262145, 0x7FFFFFFF, 0xFFFFFFFF]) | st.integers(0, 2**32 - 1))
+            value = draw(
+                st.sampled_from(
+                    [
+                        0,
+                        1,
+                        11,
+                        12,
+                        13,
+                        16,
+                        27,
+                        28,
+                        31,
+                        32,
+                        0xFFFF,
+                        262144,
+                        262145,
+                        0x7FFFFFFF,
+                        0xFFFFFFFF,
+                    ]
+                )
+                | st.integers(0, 2**32 - 1)
+            )
             data[at : at + 4] = struct.pack(draw(st.sampled_from(["<I", ">I"])), value)
         elif op == "truncate":
             del data[at:]
@@ -93,17 +134,29 @@ def _slim(tmp_path, data: bytes, window: int, budget: int, use_mmap: bool) -> by
     fd_in = os.open(src, os.O_RDONLY)
     fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        process(str(src), fd_in, FdSink(fd_out), window_bytes=window, max_records=budget,
-                use_mmap=use_mmap)
+        process(
+            str(src),
+            fd_in,
+            FdSink(fd_out),
+            window_bytes=window,
+            max_records=budget,
+            use_mmap=use_mmap,
+        )
     finally:
         os.close(fd_in)
         os.close(fd_out)
     return dst.read_bytes()
 
 
-@given(data=hostile_captures(), window=st.sampled_from([64, 1000, 1 << 20]),
-       budget=st.sampled_from([1, 5, 1 << 14]), use_mmap=st.booleans())
-def test_hostile_captures_either_fail_cleanly_or_match_the_twin(tmp_path_factory, data, window, budget, use_mmap):  # type: ignore[no-untyped-def]
+@given(
+    data=hostile_captures(),
+    window=st.sampled_from([64, 1000, 1 << 20]),
+    budget=st.sampled_from([1, 5, 1 << 14]),
+    use_mmap=st.booleans(),
+)
+def test_hostile_captures_either_fail_cleanly_or_match_the_twin(
+    tmp_path_factory, data, window, budget, use_mmap
+):  # type: ignore[no-untyped-def]
     tmp_path = tmp_path_factory.mktemp("fuzz")
     try:
         expected = naive.slim_bytes(data)
