@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benches.floors import read_floor, unlink_floor, write_floor
-from benches.gen_capture import generate
+from benches.gen_capture import ensure
 
 DATA = Path(__file__).parent / "data"
 SINGLE_TARGET = 2.0
@@ -63,10 +63,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    DATA.mkdir(exist_ok=True)
-    src = DATA / f"mixed_{a.size_mb:g}mb.pcap"
-    if not src.exists():
-        generate(src, a.size_mb)
+    src = ensure(DATA / f"mixed_{a.size_mb:g}mb.pcap", a.size_mb)
     work = DATA / "cli_work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -106,9 +103,7 @@ def main() -> int:
     )
 
     # 2. --dir with 1 and 2 workers
-    part = DATA / f"mixed_{a.dir_size_mb:g}mb.pcap"
-    if not part.exists():
-        generate(part, a.dir_size_mb, seed=2)
+    part = ensure(DATA / f"mixed_{a.dir_size_mb:g}mb.pcap", a.dir_size_mb, seed=2)
     ddir = work / "dir"
     throughput: dict[str, dict[int, float]] = {"slim": {}, "check-only": {}}
     total_mb = a.dir_files * part.stat().st_size / 1e6

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from benches.floors import PeakAnon, median_time, read_floor, timed, write_floor
-from benches.gen_capture import generate
+from benches.gen_capture import ensure
 
 DATA = Path(__file__).parent / "data"
 ANALYZE_TARGET = 2.0  # x read floor
@@ -55,13 +55,8 @@ def main() -> int:
 
     import pcapslim
 
-    DATA.mkdir(exist_ok=True)
-    src = DATA / f"mixed_{a.size_mb:g}mb.pcap"
-    if not src.exists():
-        generate(src, a.size_mb)
-    small = DATA / "mixed_5mb.pcap"
-    if not small.exists():
-        generate(small, 5)
+    src = ensure(DATA / f"mixed_{a.size_mb:g}mb.pcap", a.size_mb)
+    small = ensure(DATA / "mixed_5mb.pcap", 5)
     out = DATA / "bench_out.pcap"
 
     with tempfile.TemporaryDirectory() as cache:

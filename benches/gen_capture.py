@@ -189,6 +189,14 @@ def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int
     return count
 
 
+def ensure(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> Path:
+    """Generate `out` unless it is there already (benchmark inputs are reused across runs)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        generate(out, size_mb, fmt, seed)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -28,6 +28,7 @@ MARKER_DIR = ".slim_markers"
 STALE_TMP_SECONDS = 300  # a tmp older than this belongs to a dead worker
 CAPTURE_SUFFIXES = (".pcap", ".pcapng")
 MARKER_OWNER = "sensor"  # markers belong to sensor:sensor when that user exists
+MARKER_OWNER_ENV = "PCAPSLIM_MARKER_OWNER"  # another account name, for sensors that differ
 MARKER_DIR_MODE = 0o755
 MARKER_MODE = 0o644
 
@@ -173,12 +174,13 @@ def _owner_ids() -> tuple[int, int] | None:
     import grp
     import pwd
 
+    owner = os.environ.get(MARKER_OWNER_ENV) or MARKER_OWNER
     try:
-        user = pwd.getpwnam(MARKER_OWNER)
+        user = pwd.getpwnam(owner)
     except KeyError:
         return None
     try:
-        gid = grp.getgrnam(MARKER_OWNER).gr_gid
+        gid = grp.getgrnam(owner).gr_gid
     except KeyError:
         gid = user.pw_gid
     return user.pw_uid, gid

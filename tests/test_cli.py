@@ -370,3 +370,30 @@ def test_progress_bars_render_when_asked(tmp_path):  # type: ignore[no-untyped-d
         [x for x in p.stderr.splitlines() if x.startswith("ok ")][0]
     )
     assert "all files" not in run("--single", f, "--no-progress", check_rc=0).stderr
+
+
+def test_marker_belongs_to_the_sensor_account_when_it_exists(tmp_path):  # type: ignore[no-untyped-def]
+    import pwd
+
+    f = tmp_path / "o.pcap"
+    f.write_bytes(capture())
+    nobody = pwd.getpwnam("nobody")
+    p = subprocess.run(
+        [sys.executable, "-m", "pcapslim", "--single", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PCAPSLIM_MARKER_OWNER": "nobody"},
+    )
+    assert p.returncode == 0, p.stderr
+    marker = tmp_path / ".slim_markers" / "o.pcap"
+    assert (marker.stat().st_uid, marker.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert marker.parent.stat().st_uid == nobody.pw_uid
+    g = tmp_path / "g.pcap"
+    g.write_bytes(capture())
+    run("--single", g, check_rc=0)  # no account named "sensor" here: the running user's
+    if os.environ.get("PCAPSLIM_MARKER_OWNER") is None:
+        try:
+            pwd.getpwnam("sensor")
+        except KeyError:
+            assert (tmp_path / ".slim_markers" / "g.pcap").stat().st_uid == os.geteuid()

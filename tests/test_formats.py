@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 
 import naive
 import pytest
 import randframes
+from engine_io import slim_with_engine
 
 from pcapslim import CorruptCaptureError, UnknownFormatError, analyze_file, slim_file, synth
-from pcapslim.engine import FdSink, process
 
 TLS_FRAME = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(97)), 6))
 PLAIN_FRAME = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 4), 6))
@@ -234,20 +233,15 @@ def test_window_and_budget_never_change_the_output(tmp_path, use_mmap, window, b
         src = tmp_path / name
         src.write_bytes(data)
         expected = naive.slim_bytes(data)
-        fd_in = os.open(src, os.O_RDONLY)
-        fd_out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         progress: list[tuple[int, int]] = []
-        st = process(
-            str(src),
-            fd_in,
-            FdSink(fd_out),
+        st = slim_with_engine(
+            src,
+            tmp_path / "out",
             use_mmap=use_mmap,
             window_bytes=window,
             max_records=budget,
             on_progress=lambda d, t, seen=progress: seen.append((d, t)),
         )
-        os.close(fd_in)
-        os.close(fd_out)
         assert (tmp_path / "out").read_bytes() == expected.data
         assert st.tail_bytes == expected.tail
         assert progress[-1] == (len(data), len(data))

@@ -14,11 +14,11 @@ import struct
 
 import naive
 import randframes
+from engine_io import slim_with_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcapslim import PcapslimError, synth
-from pcapslim.engine import FdSink, process
 
 settings.register_profile(
     "ci",
@@ -131,20 +131,7 @@ def hostile_captures(draw: st.DrawFn) -> bytes:
 def _slim(tmp_path, data: bytes, window: int, budget: int, use_mmap: bool) -> bytes:  # type: ignore[no-untyped-def]
     src, dst = tmp_path / "in", tmp_path / "out"
     src.write_bytes(data)
-    fd_in = os.open(src, os.O_RDONLY)
-    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        process(
-            str(src),
-            fd_in,
-            FdSink(fd_out),
-            window_bytes=window,
-            max_records=budget,
-            use_mmap=use_mmap,
-        )
-    finally:
-        os.close(fd_in)
-        os.close(fd_out)
+    slim_with_engine(src, dst, window_bytes=window, max_records=budget, use_mmap=use_mmap)
     return dst.read_bytes()
 
 
