@@ -152,3 +152,26 @@ F_DST = 10  # pseudo-header destination address, relative to the frame start (cu
 F_OUTLEN = 11  # bytes this record occupies in the output
 F_LE = 12  # 1 when the record's header fields are little-endian
 N_FIELDS = 13
+
+# --- per-packet flow table (pcapslim.flows): one int64 row per packet -------------------------
+P_LINK = 0  # link type, -1 when unknown
+P_VER = 1  # 4, 6, or 0 for a packet without a usable IP header
+P_PROTO = 2  # IP protocol (the last one reached for IPv6), 0 without IP
+P_A0 = 3  # endpoint A: address as four 32-bit words (IPv4 in the last), then its port
+P_A1 = 4
+P_A2 = 5
+P_A3 = 6
+P_APORT = 7
+P_B0 = 8  # endpoint B, the larger of the two, same layout
+P_B1 = 9
+P_B2 = 10
+P_B3 = 11
+P_BPORT = 12
+P_TS_NS = 13  # timestamp, nanoseconds since the epoch; -1 when the record has none
+P_CAPLEN = 14  # captured frame bytes before slimming
+P_KEPT = 15  # captured frame bytes after slimming
+P_CAT = 16  # CAT_* decision
+N_PFIELDS = 17
+PCAPNG_OPT_TSRESOL = 9  # interface option: timestamp resolution
+DEFAULT_TSRESOL = 6  # microseconds, when an interface says nothing
+MAX_TS_IFACES = 1024  # interfaces per section with their own resolution; more use the default

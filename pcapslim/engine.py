@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -53,6 +54,7 @@ SECTION_LEN_OFF = 16  # offset of the section length inside a section header blo
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
 
 ProgressCallback = Callable[[int, int], None]  # (input bytes done, input bytes total)
+WindowCallback = Callable[[Bytes, npt.NDArray[np.int64], int], None]  # (buf, records, count)
 
 _STATUS_TEXT = {
     ST_BAD_BLOCK_LEN: "block length is below 12 or not a multiple of 4",
@@ -144,17 +146,20 @@ def process(
     window_bytes: int = WINDOW_BYTES,
     max_records: int = MAX_RECORDS,
     decide: bool = True,
+    on_window: WindowCallback | None = None,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
-    With decide=False nothing is cut: the records are only found and counted."""
+    With decide=False nothing is cut: the records are only found and counted. `on_window` sees
+    every indexed window (the buffer and its filled record-table rows) before it is copied."""
     t0 = time.perf_counter()
     stats = SlimStats(path=path)
+    run = _Run(path, sink, stats, on_progress, on_window, window_bytes, max_records, decide)
     with open_source(fd, use_mmap, window_bytes) as src:
         stats.in_bytes = src.size
         head_buf, _, h0, h1 = src.window(0, 24)
         fmt = detect_format(bytes(head_buf[h0:h1]), path)
         stats.format = fmt.name
-        out_pos = _run(path, src, fmt, sink, stats, on_progress, window_bytes, max_records, decide)
+        out_pos = _run(run, src, fmt)
     stats.out_bytes = out_pos
     stats.elapsed_ms = int((time.perf_counter() - t0) * 1000)
     return stats
@@ -241,39 +246,39 @@ class _CopyStage:
                 self._pool.shutdown(wait=True)
 
 
-def _run(
-    path: str,
-    src: Source,
-    fmt: CaptureFormat,
-    sink: Sink | None,
-    stats: SlimStats,
-    on_progress: ProgressCallback | None,
-    window_bytes: int,
-    max_records: int,
-    decide: bool,
-) -> int:
-    pcapng = fmt.name == "pcapng"
+@dataclass
+class _Run:
+    """What one call of `process` was asked to do."""
+
+    path: str
+    sink: Sink | None
+    stats: SlimStats
+    on_progress: ProgressCallback | None
+    on_window: WindowCallback | None
+    window_bytes: int
+    max_records: int
+    decide: bool
+
+
+def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
     stage = _CopyStage(
-        path, sink, pcapng, window_bytes, max_records, pipelined=isinstance(src, MappedSource)
+        run.path,
+        run.sink,
+        fmt.name == "pcapng",
+        run.window_bytes,
+        run.max_records,
+        pipelined=isinstance(src, MappedSource),
     )
     try:
-        out_pos = _index_all(path, src, fmt, stage, stats, on_progress, window_bytes, decide)
+        out_pos = _index_all(run, src, fmt, stage)
         stage.wait()
     finally:
         stage.close()
     return out_pos
 
 
-def _index_all(
-    path: str,
-    src: Source,
-    fmt: CaptureFormat,
-    stage: _CopyStage,
-    stats: SlimStats,
-    on_progress: ProgressCallback | None,
-    window_bytes: int,
-    decide: bool,
-) -> int:
+def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) -> int:
+    path, stats, decide, window_bytes = run.path, run.stats, run.decide, run.window_bytes
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
     if_link = np.zeros(16, dtype=np.int64)
@@ -306,6 +311,8 @@ def _index_all(
             if pcapng:
                 sections.feed(rec, n, out_pos, out_off)
             _count(stats, rec, n, cat_counts)
+            if run.on_window is not None:
+                run.on_window(buf, rec, n)
             stage.submit(buf, n, out_off, total)
             out_pos += total
         record_no = stats.records + 1  # the record the status speaks of
@@ -335,8 +342,8 @@ def _index_all(
             )
         elif status != ST_OK:
             raise CorruptCaptureError(path, record_no, pos, _STATUS_TEXT[status])
-        if on_progress is not None:
-            on_progress(pos, src.size)
+        if run.on_progress is not None:
+            run.on_progress(pos, src.size)
     sections.close()
     stage.wait()
     if stage.sink is not None:

@@ -105,65 +105,96 @@ def _ip4_route_dst(hdr: bytes) -> bytes:
     return hdr[16:20]
 
 
-def decide(frame: bytes, link: int) -> Verdict:
-    """SPEC §1 decision and §2 cut for one frame."""
-    keep = Verdict(None, frame)
+@dataclass
+class Network:
+    """What the IP layer of a frame says: l4 is None when no TCP/UDP header is reachable."""
+
+    version: int
+    ip: int
+    proto: int
+    l4: int | None
+    dgram_end: int
+    route_dst: bytes | None
+
+
+def network(frame: bytes, link: int) -> Network | None:
+    """SPEC §1 steps 1-3 and §3: the IP header and the walk to TCP/UDP; None without IP."""
     if link not in SLICED:
-        return keep
+        return None
     found = _ip_start(frame, link)
     if found is None:
-        return keep
+        return None
     ip, ver = found
     if ver == 4:
         if len(frame) < ip + 20:
-            return keep
+            return None
         ihl = (frame[ip] & 15) * 4
         if frame[ip] >> 4 != 4 or ihl < 20 or len(frame) < ip + ihl:
-            return keep
-        if int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF:
-            return keep
+            return None
         proto = frame[ip + 9]
-        if proto not in (6, 17):
-            return keep
         total = int.from_bytes(frame[ip + 2 : ip + 4], "big")
-        if total == 0:
-            return keep
-        dgram_end = ip + total
-        l4 = ip + ihl
-        route_dst = None
+        reachable = proto in (6, 17) and not int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF
+        # a total length of 0 (offload) gives no payload: the datagram ends at its start
+        return Network(4, ip, proto, ip + ihl if reachable else None, ip + total, None)
+    if len(frame) < ip + 40 or frame[ip] >> 4 != 6:
+        return None
+    dgram_end = ip + 40 + int.from_bytes(frame[ip + 4 : ip + 6], "big")
+    nxt = frame[ip + 6]
+    at = ip + 40
+    route_dst = None
+    routing_seen = False
+    while nxt not in (6, 17):
+        if nxt in (0, 43, 60):
+            if len(frame) < at + 2:
+                return Network(6, ip, nxt, None, dgram_end, route_dst)
+            size = 8 + 8 * frame[at + 1]
+        elif nxt == 51:
+            if len(frame) < at + 2:
+                return Network(6, ip, nxt, None, dgram_end, route_dst)
+            size = 4 * (frame[at + 1] + 2)
+        else:
+            return Network(6, ip, nxt, None, dgram_end, route_dst)
+        if len(frame) < at + size:
+            return Network(6, ip, nxt, None, dgram_end, route_dst)
+        ext = frame[at : at + size]
+        if nxt == 43 and ext[3] > 0 and not routing_seen:
+            routing_seen = True
+            if ext[2] == 0 and ext[1] // 2 >= 1:
+                last = ext[1] // 2 - 1
+                route_dst = ext[8 + 16 * last : 24 + 16 * last]
+            elif ext[2] in (2, 4) and size >= 24:
+                route_dst = ext[8:24]
+        nxt = ext[0]
+        at += size
+    return Network(6, ip, nxt, at, dgram_end, route_dst)
+
+
+def flow_key(frame: bytes, link: int) -> tuple[int, int, tuple[bytes, int], tuple[bytes, int]]:
+    """(IP version, protocol, endpoint A, endpoint B) with A the smaller (16-byte address,
+    port); version 0 and empty endpoints without IP. Ports only when TCP/UDP is reachable."""
+    net = network(frame, link)
+    if net is None:
+        return (0, 0, (b"", 0), (b"", 0))
+    if net.version == 4:
+        src = bytes(12) + frame[net.ip + 12 : net.ip + 16]
+        dst = bytes(12) + frame[net.ip + 16 : net.ip + 20]
     else:
-        if len(frame) < ip + 40 or frame[ip] >> 4 != 6:
-            return keep
-        dgram_end = ip + 40 + int.from_bytes(frame[ip + 4 : ip + 6], "big")
-        nxt = frame[ip + 6]
-        at = ip + 40
-        route_dst = None
-        routing_seen = False
-        while nxt not in (6, 17):
-            if nxt in (0, 43, 60):
-                if len(frame) < at + 2:
-                    return keep
-                size = 8 + 8 * frame[at + 1]
-            elif nxt == 51:
-                if len(frame) < at + 2:
-                    return keep
-                size = 4 * (frame[at + 1] + 2)
-            else:
-                return keep
-            if len(frame) < at + size:
-                return keep
-            ext = frame[at : at + size]
-            if nxt == 43 and ext[3] > 0 and not routing_seen:
-                routing_seen = True
-                if ext[2] == 0 and ext[1] // 2 >= 1:
-                    last = ext[1] // 2 - 1
-                    route_dst = ext[8 + 16 * last : 24 + 16 * last]
-                elif ext[2] in (2, 4) and size >= 24:
-                    route_dst = ext[8:24]
-            nxt = ext[0]
-            at += size
-        proto = nxt
-        l4 = at
+        src, dst = frame[net.ip + 8 : net.ip + 24], frame[net.ip + 24 : net.ip + 40]
+    sport = dport = 0
+    if net.l4 is not None and len(frame) >= net.l4 + 4:
+        sport, dport = struct.unpack("!HH", frame[net.l4 : net.l4 + 4])
+    a, b = sorted([(src, sport), (dst, dport)])
+    return (net.version, net.proto, a, b)
+
+
+def decide(frame: bytes, link: int) -> Verdict:
+    """SPEC §1 decision and §2 cut for one frame."""
+    keep = Verdict(None, frame)
+    net = network(frame, link)
+    if net is None or net.l4 is None:
+        return keep
+    ver, ip, proto, l4 = net.version, net.ip, net.proto, net.l4
+    dgram_end, route_dst = net.dgram_end, net.route_dst
     if proto == 6:
         if len(frame) < l4 + 20:
             return keep

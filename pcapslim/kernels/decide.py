@@ -199,66 +199,76 @@ def ip4_pseudo_dst(buf, ip, ihl):
 
 
 @jit
+def parse_ip(buf, f0, caplen, linktype):
+    """The network layer of a frame: (version, ip, proto, l4, ip_end, dst).
+
+    version is 0 when the frame has no usable IPv4/IPv6 header. l4 is -1 when no TCP or UDP
+    header can be walked to (a fragment, another protocol, an extension header not captured);
+    proto is then the last protocol number reached. ip_end is where the IP length fields end the
+    datagram (ip itself for an IPv4 total length of 0). dst is the pseudo-header destination of
+    an IPv6 packet (IPv4 source routes are looked up only when a packet is cut).
+    """
+    fend = f0 + caplen
+    ip, ver = find_ip(buf, f0, fend, linktype)
+    if ip < 0:
+        return 0, 0, 0, -1, 0, 0
+    if ver == 4:
+        if ip + IP4_MIN_HDR > fend:
+            return 0, 0, 0, -1, 0, 0
+        b0 = np.int64(buf[ip])
+        ihl = (b0 & 0x0F) * 4
+        if (b0 >> 4) != 4 or ihl < IP4_MIN_HDR or ip + ihl > fend:
+            return 0, 0, 0, -1, 0, 0
+        proto = np.int64(buf[ip + 9])
+        total = be16(buf, ip + 2)
+        ip_end = ip + total if total else ip
+        if be16(buf, ip + 6) & IP4_FRAG_MASK or (proto != IP_PROTO_TCP and proto != IP_PROTO_UDP):
+            return 4, ip, proto, -1, ip_end, ip + 16
+        return 4, ip, proto, ip + ihl, ip_end, ip + 16
+    if ip + IP6_HDR_LEN > fend or (np.int64(buf[ip]) >> 4) != 6:
+        return 0, 0, 0, -1, 0, 0
+    ip_end = ip + IP6_HDR_LEN + be16(buf, ip + 4)
+    proto = np.int64(buf[ip + 6])
+    p = ip + IP6_HDR_LEN
+    dst = ip + 24
+    routed = False
+    while proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
+        if proto == IP_PROTO_HOPOPTS or proto == IP_PROTO_ROUTING or proto == IP_PROTO_DSTOPTS:
+            if p + 2 > fend:
+                return 6, ip, proto, -1, ip_end, dst
+            hl = (np.int64(buf[p + 1]) + 1) * 8
+        elif proto == IP_PROTO_AH:
+            if p + 2 > fend:
+                return 6, ip, proto, -1, ip_end, dst
+            hl = (np.int64(buf[p + 1]) + 2) * 4
+        else:  # fragment, ESP, no-next, unknown
+            return 6, ip, proto, -1, ip_end, dst
+        if p + hl > fend:
+            return 6, ip, proto, -1, ip_end, dst
+        if proto == IP_PROTO_ROUTING and not routed and np.int64(buf[p + 3]) > 0:
+            routed = True
+            rtype = np.int64(buf[p + 2])
+            if rtype == IP6_RT_TYPE0:
+                n_addr = np.int64(buf[p + 1]) // 2
+                if n_addr > 0:
+                    dst = p + 8 + (n_addr - 1) * 16
+            elif (rtype == IP6_RT_TYPE2 or rtype == IP6_RT_SRH) and hl >= 24:
+                dst = p + 8
+        proto = np.int64(buf[p])
+        p += hl
+    return 6, ip, proto, p, ip_end, dst
+
+
+@jit
 def decide_frame(buf, f0, caplen, linktype):
     """Decide one frame: (category, ip, l4, payload, pseudo_dst), offsets relative to f0.
 
     Offsets are meaningful only when the category is not CAT_KEEP.
     """
     fend = f0 + caplen
-    ip, ver = find_ip(buf, f0, fend, linktype)
-    if ip < 0:
+    ver, ip, proto, l4, ip_end, dst = parse_ip(buf, f0, caplen, linktype)
+    if l4 < 0:
         return CAT_KEEP, 0, 0, 0, 0
-    dst = 0
-    if ver == 4:
-        if ip + IP4_MIN_HDR > fend:
-            return CAT_KEEP, 0, 0, 0, 0
-        b0 = np.int64(buf[ip])
-        ihl = (b0 & 0x0F) * 4
-        if (b0 >> 4) != 4 or ihl < IP4_MIN_HDR or ip + ihl > fend:
-            return CAT_KEEP, 0, 0, 0, 0
-        if be16(buf, ip + 6) & IP4_FRAG_MASK:
-            return CAT_KEEP, 0, 0, 0, 0
-        proto = np.int64(buf[ip + 9])
-        if proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
-            return CAT_KEEP, 0, 0, 0, 0
-        total = be16(buf, ip + 2)
-        if total == 0:
-            return CAT_KEEP, 0, 0, 0, 0
-        ip_end = ip + total
-        l4 = ip + ihl
-    else:
-        if ip + IP6_HDR_LEN > fend or (np.int64(buf[ip]) >> 4) != 6:
-            return CAT_KEEP, 0, 0, 0, 0
-        ip_end = ip + IP6_HDR_LEN + be16(buf, ip + 4)
-        proto = np.int64(buf[ip + 6])
-        p = ip + IP6_HDR_LEN
-        dst = ip + 24
-        routed = False
-        while proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
-            if proto == IP_PROTO_HOPOPTS or proto == IP_PROTO_ROUTING or proto == IP_PROTO_DSTOPTS:
-                if p + 2 > fend:
-                    return CAT_KEEP, 0, 0, 0, 0
-                hl = (np.int64(buf[p + 1]) + 1) * 8
-            elif proto == IP_PROTO_AH:
-                if p + 2 > fend:
-                    return CAT_KEEP, 0, 0, 0, 0
-                hl = (np.int64(buf[p + 1]) + 2) * 4
-            else:  # fragment, ESP, no-next, unknown
-                return CAT_KEEP, 0, 0, 0, 0
-            if p + hl > fend:
-                return CAT_KEEP, 0, 0, 0, 0
-            if proto == IP_PROTO_ROUTING and not routed and np.int64(buf[p + 3]) > 0:
-                routed = True
-                rtype = np.int64(buf[p + 2])
-                if rtype == IP6_RT_TYPE0:
-                    n_addr = np.int64(buf[p + 1]) // 2
-                    if n_addr > 0:
-                        dst = p + 8 + (n_addr - 1) * 16
-                elif (rtype == IP6_RT_TYPE2 or rtype == IP6_RT_SRH) and hl >= 24:
-                    dst = p + 8
-            proto = np.int64(buf[p])
-            p += hl
-        l4 = p
     if proto == IP_PROTO_TCP:
         if l4 + TCP_MIN_HDR > fend:
             return CAT_KEEP, 0, 0, 0, 0
