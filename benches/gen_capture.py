@@ -125,8 +125,11 @@ def _template(r: random.Random, kind: str) -> Template:
     return Template(frame, orig)
 
 
-def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int:
-    """Write the capture; return its packet count."""
+def generate(
+    out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1, max_packets: int | None = None
+) -> int:
+    """Write the capture (about size_mb MB, or exactly max_packets packets); return its packet
+    count."""
     r = random.Random(seed)
     kinds = [k for k, _ in MIX]
     shares = np.array([s for _, s in MIX])
@@ -152,8 +155,10 @@ def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int
         else:
             fh.write(synth.pcapng_shb() + synth.pcapng_idb(1))
         written = fh.tell()
-        while written < target:
+        while written < target if max_packets is None else count < max_packets:
             n = max(1, min(100_000, int((target - written) / mean) + 1))
+            if max_packets is not None:
+                n = min(100_000, max_packets - count)
             idx = rng.choice(len(pool), size=n, p=p)
             gaps = rng.integers(1, 400, size=n)
             stamps = ts + np.cumsum(gaps)
@@ -189,11 +194,13 @@ def generate(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> int
     return count
 
 
-def ensure(out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1) -> Path:
+def ensure(
+    out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1, max_packets: int | None = None
+) -> Path:
     """Generate `out` unless it is there already (benchmark inputs are reused across runs)."""
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        generate(out, size_mb, fmt, seed)
+        generate(out, size_mb, fmt, seed, max_packets)
     return out
 
 

@@ -1,0 +1,332 @@
+"""Check pcap-slim against the budgets in benches/budgets.toml.
+
+    python -m benches.budget_check [--quick] [--budgets FILE] [--json OUT] [--repeat N]
+                                   [--against PATH] [--only NAME ...]
+
+Builds the inputs with the realistic generator (cached under benches/data/), runs every
+scenario `repeat` times as a whole process on fresh copies with a warm page cache, and reports
+the median, min and max wall time, the floor measured in the same run, the ratio to it, MB/s and
+the peak resident memory of the process (a memory-mapped input counts in it). Exits 1 when a
+budget is exceeded, 2 when the budgets file is malformed.
+
+With --against PATH the same scenarios also run with that binary (same flags) and the table
+shows both times and ours / theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benches.floors import read_floor, unlink_floor, write_floor
+from benches.gen_capture import ensure
+
+HERE = Path(__file__).parent
+DATA = HERE / "data"
+DEFAULT_BUDGETS = HERE / "budgets.toml"
+KINDS = ("startup", "single", "dir", "cold")
+FLOOR_PARTS = ("read", "write", "unlink")
+MIB = 1 << 20
+
+
+class BudgetFileError(Exception):
+    pass
+
+
+@dataclass
+class Scenario:
+    name: str
+    kind: str
+    args: list[str] = field(default_factory=list)
+    size_mib: float = 0.0
+    files: int = 1
+    packets: int | None = None
+    format: str = "pcap"
+    floor: str = ""
+    budget: float | None = None
+    budget_seconds: float | None = None
+    quick: bool = False
+
+
+@dataclass
+class Result:
+    name: str
+    times: list[float]
+    floor_s: float | None
+    input_bytes: int
+    peak_rss: int
+    budget: float | None
+    budget_seconds: float | None
+    against_times: list[float] | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.median / self.floor_s if self.floor_s else None
+
+    @property
+    def ok(self) -> bool:
+        if self.budget is not None and (self.ratio is None or self.ratio > self.budget):
+            return False
+        return not (self.budget_seconds is not None and self.median > self.budget_seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "median_s": self.median,
+            "min_s": min(self.times),
+            "max_s": max(self.times),
+            "times_s": self.times,
+            "floor_s": self.floor_s,
+            "ratio": self.ratio,
+            "budget": self.budget,
+            "budget_seconds": self.budget_seconds,
+            "mb_per_s": self.input_bytes / 1e6 / self.median if self.input_bytes else None,
+            "peak_rss_bytes": self.peak_rss,
+            "ok": self.ok,
+        }
+        if self.against_times:
+            out["against_median_s"] = statistics.median(self.against_times)
+            out["ours_over_theirs"] = self.median / statistics.median(self.against_times)
+        return out
+
+
+def load_budgets(path: Path) -> tuple[dict[str, Any], list[Scenario]]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise BudgetFileError(f"{path}: {e}") from e
+    scenarios = []
+    for i, raw in enumerate(doc.get("scenario", []), start=1):
+        try:
+            s = Scenario(**raw)
+        except TypeError as e:
+            raise BudgetFileError(f"{path}: scenario {i}: {e}") from e
+        if s.kind not in KINDS:
+            raise BudgetFileError(f"{path}: {s.name}: kind must be one of {', '.join(KINDS)}")
+        if (s.budget is None) == (s.budget_seconds is None):
+            raise BudgetFileError(f"{path}: {s.name}: give exactly one of budget, budget_seconds")
+        if s.budget is not None and not s.floor:
+            raise BudgetFileError(f"{path}: {s.name}: a ratio budget needs a floor")
+        if s.floor and any(p not in FLOOR_PARTS for p in s.floor.split("+")):
+            raise BudgetFileError(f"{path}: {s.name}: floor parts are {', '.join(FLOOR_PARTS)}")
+        scenarios.append(s)
+    if not scenarios:
+        raise BudgetFileError(f"{path}: no [[scenario]] tables")
+    return doc.get("defaults", {}), scenarios
+
+
+def _source(s: Scenario, index: int) -> Path:
+    """The cached generated capture for file `index` of a scenario."""
+    ext = "pcapng" if s.format == "pcapng" else "pcap"
+    if s.packets:
+        name = f"budget_{s.packets}pkts_{index}.{ext}"
+        return ensure(DATA / name, 0, s.format, seed=10 + index, max_packets=s.packets)
+    name = f"budget_{s.size_mib:g}mib_{index}.{ext}"
+    return ensure(DATA / name, s.size_mib * MIB / 1e6, s.format, seed=10 + index)
+
+
+def _warm(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(16 << 20):
+            pass
+
+
+def _fresh_inputs(s: Scenario, work: Path) -> list[Path]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    n = s.files if s.kind == "dir" else 1
+    copies = []
+    for i in range(n):
+        dst = work / f"capture_{i:04d}.{'pcapng' if s.format == 'pcapng' else 'pcap'}"
+        shutil.copyfile(_source(s, i % 8), dst)  # at most 8 distinct inputs per scenario
+        copies.append(dst)
+    os.sync()
+    for c in copies:
+        _warm(c)
+    return copies
+
+
+def _peak_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        while not stop.is_set():
+            out[0] = max(out[0], proc.memory_info().rss)
+            time.sleep(0.005)
+    except psutil.Error:
+        pass
+
+
+def _run_once(cmd: list[str], s: Scenario, work: Path) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS bytes, output bytes) of one whole-process run."""
+    env = dict(os.environ)
+    cache = None
+    if s.kind == "startup":
+        argv = [*cmd, *s.args]
+    else:
+        inputs = _fresh_inputs(s, work)
+        target = ["--dir", str(work)] if s.kind == "dir" else ["--single", str(inputs[0])]
+        argv = [*cmd, *target, *s.args, "--output", "json"]
+        if s.kind == "cold":
+            cache = tempfile.mkdtemp(prefix="pcapslim-cold-")
+            env["NUMBA_CACHE_DIR"] = cache
+    stop, peak = threading.Event(), [0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    watcher = threading.Thread(target=_peak_rss, args=(proc.pid, stop, peak), daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    watcher.join()
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{s.name}: {' '.join(argv)} exited {proc.returncode}: {err.strip()}")
+    out_bytes = 0
+    if s.kind != "startup":
+        doc = json.loads(out)
+        out_bytes = sum(f.get("out_bytes", 0) for f in doc["files"])
+    return wall, peak[0], out_bytes
+
+
+def _floor(s: Scenario, out_bytes: int, work: Path) -> float | None:
+    if not s.floor:
+        return None
+    inputs = _fresh_inputs(s, work)
+    total = 0.0
+    parts = s.floor.split("+")
+    if "read" in parts:
+        total += sum(read_floor(p, repeat=1) for p in inputs)
+    if "write" in parts:
+        total += write_floor(out_bytes, work, repeat=1)
+    if "unlink" in parts:
+        per_file = unlink_floor(inputs[0], work, repeat=1)
+        total += per_file * len(inputs)
+    shutil.rmtree(work, ignore_errors=True)
+    return total
+
+
+def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str]) -> Result:
+    work = Path(tempfile.mkdtemp(prefix="pcapslim-budget-", dir=DATA))
+    try:
+        if s.kind != "startup":
+            _source(s, 0)
+        if s.kind == "single" and not s.packets:
+            _run_once(ours, s, work)  # warm the JIT cache (and the inputs) first
+        runs = [_run_once(ours, s, work) for _ in range(repeat)]
+        theirs = [_run_once([against], s, work)[0] for _ in range(repeat)] if against else None
+        out_bytes = runs[-1][2]
+        floor = _floor(s, out_bytes, work) if s.floor else None
+        size = 0
+        if s.kind != "startup":
+            size = sum(
+                _source(s, i % 8).stat().st_size for i in range(s.files if s.kind == "dir" else 1)
+            )
+        return Result(
+            s.name,
+            [r[0] for r in runs],
+            floor,
+            size,
+            max(r[1] for r in runs),
+            s.budget,
+            s.budget_seconds,
+            theirs,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _print_table(results: list[Result], against: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="pcap-slim budgets")
+    for col in (
+        "scenario",
+        "median s",
+        "min s",
+        "max s",
+        "floor s",
+        "ratio",
+        "budget",
+        "MB/s",
+        "peak RSS MiB",
+    ):
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    if against:
+        t.add_column("theirs s", justify="right")
+        t.add_column("ours/theirs", justify="right")
+    t.add_column("ok")
+    for r in results:
+        j = r.to_json()
+        budget = f"{r.budget:g}x" if r.budget is not None else f"{r.budget_seconds:g} s"
+        row = [r.name, f"{r.median:.3f}", f"{min(r.times):.3f}", f"{max(r.times):.3f}",
+               f"{r.floor_s:.3f}" if r.floor_s else "-", f"{r.ratio:.2f}" if r.ratio else "-",
+               budget, f"{j['mb_per_s']:.0f}" if j["mb_per_s"] else "-",
+               f"{r.peak_rss / MIB:.0f}"]  # fmt: skip
+        if against:
+            row += [f"{j['against_median_s']:.3f}", f"{j['ours_over_theirs']:.2f}"]
+        row.append("yes" if r.ok else "OVER")
+        t.add_row(*row)
+    Console(width=170).print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--budgets", type=Path, default=DEFAULT_BUDGETS)
+    ap.add_argument("--quick", action="store_true", help="only the scenarios marked quick")
+    ap.add_argument("--repeat", type=int, help="runs per scenario (default from the budgets)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--against", help="another slimmer binary to run the same scenarios with")
+    ap.add_argument("--only", nargs="*", help="scenario names to run")
+    a = ap.parse_args(argv)
+    try:
+        defaults, scenarios = load_budgets(a.budgets)
+    except BudgetFileError as e:
+        print(f"budget_check: {e}", file=sys.stderr)
+        return 2
+    if a.quick:
+        scenarios = [s for s in scenarios if s.quick]
+    if a.only:
+        scenarios = [s for s in scenarios if s.name in a.only]
+    repeat = a.repeat or int(defaults.get("quick_repeat" if a.quick else "repeat", 3))
+    DATA.mkdir(exist_ok=True)
+    ours = [sys.executable, "-m", "pcapslim"]
+    results = []
+    for s in scenarios:
+        print(f"running {s.name} ...", file=sys.stderr, flush=True)
+        results.append(run_scenario(s, repeat, a.against, ours))
+    _print_table(results, a.against)
+    if a.json:
+        a.json.write_text(json.dumps([r.to_json() for r in results], indent=1))
+    over = [r.name for r in results if not r.ok]
+    if over:
+        print(f"over budget: {', '.join(over)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

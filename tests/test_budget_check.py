@@ -1,0 +1,135 @@
+"""The benchmark runner: it parses the budgets, its quick mode runs, an impossible budget fails,
+and --against runs another binary beside ours."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benches.budget_check import DEFAULT_BUDGETS, BudgetFileError, load_budgets
+
+ROOT = Path(__file__).parent.parent
+
+
+def _runner(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benches.budget_check", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_budgets_file_holds_every_required_scenario():  # type: ignore[no-untyped-def]
+    defaults, scenarios = load_budgets(DEFAULT_BUDGETS)
+    by_name = {s.name: s for s in scenarios}
+    assert defaults["repeat"] >= 3
+    for name in (
+        "single-200mib-mmap",
+        "single-200mib-no-mmap",
+        "single-1gib-mmap",
+        "single-1gib-no-mmap",
+        "check-only-1gib",
+        "dir-3x256mib-1-worker",
+        "dir-3x256mib-2-workers",
+        "dir-3x256mib-4-workers",
+        "cold-jit-cache",
+        "dir-500x100kib",
+        "single-200mib-pcapng",
+        "version",
+        "single-10k-packets-warm",
+    ):
+        assert name in by_name, name
+    assert by_name["version"].budget_seconds and by_name["single-10k-packets-warm"].packets == 10000
+    assert by_name["dir-500x100kib"].files == 500
+    ratio = [s for s in scenarios if s.budget is not None]
+    assert ratio and all(s.floor for s in ratio)
+    assert any(s.quick for s in ratio)
+
+
+@pytest.mark.parametrize(
+    "text,what",
+    [
+        ("[[scenario]]\nname='x'\nkind='single'\nbudget=2\n", "needs a floor"),
+        ("[[scenario]]\nname='x'\nkind='bogus'\nbudget_seconds=2\n", "kind must be"),
+        (
+            "[[scenario]]\nname='x'\nkind='single'\nbudget=2\nbudget_seconds=2\nfloor='read'\n",
+            "exactly one",
+        ),
+        ("[[scenario]]\nname='x'\nkind='single'\nbudget=2\nfloor='read+disk'\n", "floor parts"),
+        ("[[scenario]]\nname='x'\nkind='single'\nbudget=2\nfloor='read'\nsurprise=1\n", "surprise"),
+        ("[defaults]\nrepeat=3\n", "no [[scenario]]"),
+        ("this is = = not toml", "budgets.toml"),
+    ],
+)
+def test_malformed_budgets_are_refused(tmp_path, text, what):  # type: ignore[no-untyped-def]
+    f = tmp_path / "budgets.toml"
+    f.write_text(text)
+    with pytest.raises(BudgetFileError, match=what.replace("[", r"\[")):
+        load_budgets(f)
+    p = _runner("--budgets", f)
+    assert p.returncode == 2 and "budget_check:" in p.stderr
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_within_its_budgets(tmp_path):  # type: ignore[no-untyped-def]
+    out = tmp_path / "quick.json"
+    p = _runner("--quick", "--json", out)
+    assert p.returncode == 0, p.stdout + p.stderr
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {
+        "version",
+        "single-10k-packets-warm",
+        "dir-3x10mib-2-workers",
+        "single-100mib",
+    }
+    r = results["single-100mib"]
+    assert r["floor_s"] > 0 and r["ratio"] == pytest.approx(r["median_s"] / r["floor_s"])
+    assert (
+        r["min_s"] <= r["median_s"] <= r["max_s"] and r["mb_per_s"] > 0 and r["peak_rss_bytes"] > 0
+    )
+    assert "pcap-slim budgets" in p.stdout and "single-100mib" in p.stdout
+
+
+@pytest.mark.slow
+def test_an_impossible_budget_fails_the_run(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "budgets.toml"
+    f.write_text(
+        "[defaults]\nrepeat = 1\n\n"
+        "[[scenario]]\nname = 'version'\nkind = 'startup'\nargs = ['--version']\n"
+        "budget_seconds = 30.0\n\n"
+        "[[scenario]]\nname = 'too-tight'\nkind = 'single'\nsize_mib = 10\n"
+        "floor = 'read+write'\nbudget = 0.001\n"
+    )
+    out = tmp_path / "r.json"
+    p = _runner("--budgets", f, "--json", out)
+    assert p.returncode == 1
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    assert results["version"]["ok"] is True and results["too-tight"]["ok"] is False
+    assert "over budget: too-tight" in p.stderr
+
+
+@pytest.mark.slow
+def test_against_runs_the_other_binary_with_the_same_flags(tmp_path):  # type: ignore[no-untyped-def]
+    log = tmp_path / "calls.log"
+    other = tmp_path / "other-slimmer"
+    other.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {sys.executable} -m pcapslim "$@"\n')
+    os.chmod(other, 0o755)
+    out = tmp_path / "r.json"
+    p = _runner(
+        "--quick", "--only", "version", "dir-3x10mib-2-workers", "--against", other, "--json", out
+    )
+    assert p.returncode == 0, p.stderr
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    for r in results.values():
+        assert r["against_median_s"] > 0 and r["ours_over_theirs"] > 0
+    calls = log.read_text().splitlines()
+    assert "--version" in calls
+    assert any("--dir" in c and "--workers 2" in c and "--output json" in c for c in calls)
+    assert "theirs s" in p.stdout
