@@ -18,6 +18,8 @@ import typer
 from . import __version__
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from .coordinator import FileResult, Job
 
 EXIT_OK = 0
@@ -324,7 +326,7 @@ class _Bars:
                 sizes[str(p)] = 0
         self.total = self.progress.add_task("all files", total=sum(sizes.values()) or 1)
         self.sizes = sizes
-        self.tasks: dict[str, tuple[int, int]] = {}  # path -> (task id, bytes reported)
+        self.tasks: dict[str, tuple[TaskID, int]] = {}  # path -> (task id, bytes reported)
         self.lock = threading.Lock()
 
     def start(self) -> None:

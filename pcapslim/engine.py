@@ -119,7 +119,9 @@ class _Sections:
             self.patches.append(self.shb_out + SECTION_LEN_OFF)
 
 
-def _count(stats: SlimStats, rec: npt.NDArray[np.int64], n: int, cat_counts: Bytes) -> None:
+def _count(
+    stats: SlimStats, rec: npt.NDArray[np.int64], n: int, cat_counts: npt.NDArray[np.int64]
+) -> None:
     kinds = rec[:n, F_KIND]
     packets = kinds <= KIND_OTHER_PACKET
     stats.in_pkts += int(np.count_nonzero(packets))

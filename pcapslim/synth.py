@@ -37,7 +37,7 @@ def checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum."""
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF

@@ -7,6 +7,9 @@ same values as the JIT-on run (NumPy 2 keeps uint8 arithmetic in uint8).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -21,11 +24,11 @@ PREFETCH_AHEAD = 2048  # bytes the index kernels keep requested ahead of the rec
 
 
 @intrinsic
-def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+def _prefetch(typingctx, arr, idx):
     """llvm.prefetch(read, high locality) of &arr[idx]; never faults, whatever idx is."""
     sig = types.void(arr, idx)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         i32 = ir.IntType(32)
@@ -38,11 +41,11 @@ def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _memcpy(typingctx, dst, o, src, s, n):  # type: ignore[no-untyped-def]
+def _memcpy(typingctx, dst, o, src, s, n):
     """llvm.memcpy of n bytes from &src[s] to &dst[o]; the caller checks the bounds."""
     sig = types.void(dst, o, src, s, n)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         d = context.make_array(signature.args[0])(context, builder, args[0])
         r = context.make_array(signature.args[2])(context, builder, args[2])
         dp = builder.gep(d.data, [args[1]])
@@ -54,11 +57,11 @@ def _memcpy(typingctx, dst, o, src, s, n):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _load_be32(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+def _load_be32(typingctx, arr, idx):
     """The big-endian 32-bit word at &arr[idx] (any alignment), widened to int64."""
     sig = types.int64(arr, idx)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         i32 = ir.IntType(32)
@@ -71,7 +74,11 @@ def _load_be32(typingctx, arr, idx):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-if numba.config.DISABLE_JIT:
+prefetch: Callable[..., Any]
+raw_copy: Callable[..., Any]
+load_be32: Callable[..., Any]
+
+if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]
 
     def prefetch(buf, i):
         """A hint only: nothing to do without the JIT."""
