@@ -79,6 +79,17 @@ def main() -> int:
     wf = write_floor(stats.out_bytes, DATA, a.repeat)
     out.unlink(missing_ok=True)
 
+    # forensic rules (SPEC §8) on the same file: retained share and throughput
+    pcapslim.analyze_file(small, rules="forensic")
+    fa = median_time(lambda: pcapslim.analyze_file(src, rules="forensic"), a.repeat)
+    fstats = pcapslim.analyze_file(src, rules="forensic")
+    fs = median_time(
+        lambda: pcapslim.slim_file(src, out, rules="forensic"),
+        a.repeat,
+        setup=lambda: out.unlink(missing_ok=True),
+    )
+    out.unlink(missing_ok=True)
+
     size = stats.in_bytes
     res = {
         "input_bytes": size,
@@ -96,6 +107,10 @@ def main() -> int:
         "first_call_cached_s": cached,
         "peak_anon_analyze_bytes": mem_a.peak,
         "peak_anon_slim_bytes": mem_s.peak,
+        "forensic_analyze_s": fa[0],
+        "forensic_slim_s": fs[0],
+        "forensic_out_bytes": fstats.out_bytes,
+        "forensic_throughput_vs_compatible": sl[0] / fs[0],
     }
     mb = size / 1e6
     print(
@@ -117,6 +132,11 @@ def main() -> int:
     print(
         f"peak anonymous memory: analyze {mem_a.peak / 2**20:.1f} MiB, slim "
         f"{mem_s.peak / 2**20:.1f} MiB (target < {MEMORY_TARGET >> 20} MiB)"
+    )
+    print(
+        f"forensic rules: analyze {fa[0]:.3f} s, slim {fs[0]:.3f} s; retained "
+        f"{fstats.out_bytes / size:.1%} (compatible {stats.out_bytes / size:.1%}); slim "
+        f"throughput {sl[0] / fs[0]:.2f} x compatible (target >= 0.7)"
     )
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

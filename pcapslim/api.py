@@ -14,12 +14,14 @@ def analyze_file(
     *,
     on_progress: ProgressCallback | None = None,
     use_mmap: bool = True,
+    rules: str = "compatible",
 ) -> SlimStats:
-    """The numbers slimming `path` would give; writes nothing."""
+    """The numbers slimming `path` would give; writes nothing. `rules`: "compatible" (SPEC §1)
+    or "forensic" (SPEC §8)."""
     name = os.fspath(path)
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return process(name, fd, None, on_progress=on_progress, use_mmap=use_mmap)
+        return process(name, fd, None, on_progress=on_progress, use_mmap=use_mmap, rules=rules)
     finally:
         os.close(fd)
 
@@ -31,8 +33,10 @@ def slim_file(
     on_progress: ProgressCallback | None = None,
     use_mmap: bool = True,
     fsync: bool = True,
+    rules: str = "compatible",
 ) -> SlimStats:
-    """Write a slim copy of `src` to `dst` (created or truncated; removed again on failure)."""
+    """Write a slim copy of `src` to `dst` (created or truncated; removed again on failure).
+    `rules`: "compatible" (SPEC §1) or "forensic" (SPEC §8)."""
     src_name, dst_name = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst_name) and os.path.samefile(src_name, dst_name):
         raise PcapslimError(
@@ -44,7 +48,12 @@ def slim_file(
         out_fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             stats = process(
-                src_name, in_fd, FdSink(out_fd), on_progress=on_progress, use_mmap=use_mmap
+                src_name,
+                in_fd,
+                FdSink(out_fd),
+                on_progress=on_progress,
+                use_mmap=use_mmap,
+                rules=rules,
             )
             if fsync:
                 os.fsync(out_fd)

@@ -116,8 +116,6 @@ def slim(
         raise _usage("--dry-run and --check-only exclude each other")
     if single is not None and age_minutes:
         raise _usage("--age-minutes applies to --dir only")
-    if rules is Rules.forensic:
-        raise _usage("--rules forensic is not available in this version; use --rules compatible")
     use_mmap = True if mmap else False if no_mmap else workers <= MMAP_MAX_WORKERS
     show_progress = (
         (sys.stderr.isatty() and output is Output.human) if progress is None else progress
@@ -210,7 +208,7 @@ def _run(
             _err(f"dry-run: {len(files)} file(s) would be slimmed")
         return EXIT_OK
 
-    job = co.Job(check_only=check_only, use_mmap=use_mmap, io=io, cpu=cpu)
+    job = co.Job(check_only=check_only, use_mmap=use_mmap, io=io, cpu=cpu, rules=rules)
     try:
         results = _process(
             files, job, workers, as_json, show_progress, check_only, list_marked=directory is None

@@ -175,3 +175,17 @@ N_PFIELDS = 17
 PCAPNG_OPT_TSRESOL = 9  # interface option: timestamp resolution
 DEFAULT_TSRESOL = 6  # microseconds, when an interface says nothing
 MAX_TS_IFACES = 1024  # interfaces per section with their own resolution; more use the default
+
+# --- forensic rules (SPEC §8) ------------------------------------------------------------------
+RULES_COMPATIBLE = "compatible"
+RULES_FORENSIC = "forensic"
+TLS_MAX_RECORD = 18432  # a plausible TLS record is at most this long
+SSH_MAX_PACKET = 262144  # a plausible cleartext SSH packet is at most this long
+SSH_MSG_NEWKEYS = 21
+QUIC_V1 = 0x00000001
+QUIC_V2 = 0x6B3343CF
+IKE_HDR_LEN = 28
+IKE_SA_INIT = 34  # IKEv2 exchange type
+IKE_FLAG_ENCRYPTION = 0x01  # IKEv1 flags: the rest of the message is encrypted
+FLOW_SLOTS = 1 << 17  # directions the forensic table holds at once (about 24 MB)
+FLOW_PROBES = 16  # slots looked at before the least recently used one is taken over

@@ -54,6 +54,7 @@ class Job:
 
     check_only: bool = False
     use_mmap: bool = True
+    rules: str = "compatible"  # or "forensic" (SPEC §8)
     io: IoThrottle | None = None
     cpu: CpuThrottle | None = None
     on_progress: FileProgress | None = None
@@ -250,7 +251,9 @@ class _ThrottledSink(FdSink):
 
 
 def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting, decide: bool = True) -> SlimStats:
-    return process(path, fd, None, on_progress=acct, use_mmap=job.use_mmap, decide=decide)
+    return process(
+        path, fd, None, on_progress=acct, use_mmap=job.use_mmap, decide=decide, rules=job.rules
+    )
 
 
 class _Releaser:
@@ -343,7 +346,12 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             raise PcapslimError(f"{path}: not a regular file; nothing was changed")
         sink = _ThrottledSink(tmp_fd, job.io)
         stats = process(
-            name, src_fd, sink, on_progress=_Accounting(name, job), use_mmap=job.use_mmap
+            name,
+            src_fd,
+            sink,
+            on_progress=_Accounting(name, job),
+            use_mmap=job.use_mmap,
+            rules=job.rules,
         )
         if stats.truncated == 0 and stats.out_bytes == stats.in_bytes:
             # nothing to cut (already slim, or nothing encrypted): the copy would equal the

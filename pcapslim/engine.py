@@ -24,11 +24,14 @@ from .constants import (
     F_LINK,
     F_OUTLEN,
     F_START,
+    FLOW_SLOTS,
     KIND_OTHER_PACKET,
     KIND_SHB,
     MAX_CAPLEN,
     N_CATEGORIES,
     N_FIELDS,
+    RULES_COMPATIBLE,
+    RULES_FORENSIC,
     ST_BAD_BLOCK_LEN,
     ST_BAD_EPB,
     ST_BAD_IDB,
@@ -44,6 +47,7 @@ from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
 from .kernels.copy import copy_records
 from .kernels.decide import is_sliced_linktype
+from .kernels.forensic import N_TFIELDS, forensic_decide
 from .kernels.index import N_STATE, index_pcap, index_pcapng
 from .source import Bytes, MappedSource, Source, open_source
 from .stats import SlimStats
@@ -149,13 +153,28 @@ def process(
     max_records: int = MAX_RECORDS,
     decide: bool = True,
     on_window: WindowCallback | None = None,
+    rules: str = RULES_COMPATIBLE,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
     With decide=False nothing is cut: the records are only found and counted. `on_window` sees
-    every indexed window (the buffer and its filled record-table rows) before it is copied."""
+    every indexed window (the buffer and its filled record-table rows) before it is copied.
+    `rules` is "compatible" (SPEC §1) or "forensic" (SPEC §8)."""
+    if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
+        raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
     t0 = time.perf_counter()
-    stats = SlimStats(path=path)
-    run = _Run(path, sink, stats, on_progress, on_window, window_bytes, max_records, decide)
+    stats = SlimStats(path=path, rules=rules)
+    forensic = rules == RULES_FORENSIC and decide
+    run = _Run(
+        path,
+        sink,
+        stats,
+        on_progress,
+        on_window,
+        window_bytes,
+        max_records,
+        decide and not forensic,
+        forensic,
+    )
     with open_source(fd, use_mmap, window_bytes) as src:
         stats.in_bytes = src.size
         head_buf, _, h0, h1 = src.window(0, 24)
@@ -259,7 +278,8 @@ class _Run:
     on_window: WindowCallback | None
     window_bytes: int
     max_records: int
-    decide: bool
+    decide: bool  # the stateless rules of SPEC §1 in the index kernels
+    forensic: bool  # the rules of SPEC §8 after them
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
@@ -283,6 +303,9 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     path, stats, decide, window_bytes = run.path, run.stats, run.decide, run.window_bytes
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
+    if run.forensic:
+        flow_table = np.zeros((FLOW_SLOTS, N_TFIELDS), dtype=np.int64)
+        flow_clock = np.zeros(1, dtype=np.int64)
     if_link = np.zeros(16, dtype=np.int64)
     if_snap = np.zeros(16, dtype=np.int64)
     sections = _Sections()
@@ -305,6 +328,8 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
                 buf, start, end, int(fmt.little_endian), fmt.snaplen, fmt.linktype, rec, decide
             )
         if n:
+            if run.forensic:
+                forensic_decide(buf, rec, n, pcapng, flow_table, flow_clock)
             outlen = rec[:n, F_OUTLEN]
             out_off = np.empty(n, dtype=np.int64)
             out_off[0] = 0

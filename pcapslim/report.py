@@ -40,11 +40,10 @@ def human_summary(results: Sequence[FileResult], elapsed_s: float, check_only: b
     return f"{word}: ok={c['ok']} skip={c['skip']} fail={c['fail']} elapsed={elapsed_s:.1f}s"
 
 
-def file_entry(r: FileResult, rules: str) -> dict[str, Any]:
+def file_entry(r: FileResult) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": r.path, "status": r.status}
     if r.stats is not None and r.status in (STATUS_OK, STATUS_FAIL):
         entry.update(r.stats.report_fields())
-        entry["rules"] = rules
     if r.error is not None:
         entry["error"] = r.error
     return entry
@@ -59,7 +58,7 @@ def json_report(
 ) -> str:
     summary: dict[str, Any] = dict(counts(results))
     summary.update({"elapsed_ms": elapsed_ms, "check_only": check_only, "rules": rules})
-    doc: dict[str, Any] = {"summary": summary, "files": [file_entry(r, rules) for r in results]}
+    doc: dict[str, Any] = {"summary": summary, "files": [file_entry(r) for r in results]}
     if error is not None:
         doc["error"] = error
     return json.dumps(doc, separators=(",", ":"))

@@ -21,6 +21,7 @@ class SlimStats:
     records: int = 0  # packets plus every other pcapng block (what verification counts)
     tail_bytes: int = 0
     elapsed_ms: int = 0
+    rules: str = "compatible"
     truncated_by: dict[str, int] = field(
         default_factory=lambda: {name: 0 for name in CATEGORY_NAMES}
     )
@@ -44,4 +45,5 @@ class SlimStats:
             "linktypes": dict(self.linktypes),
             "format": self.format,
             "tail_bytes": self.tail_bytes,
+            "rules": self.rules,
         }

@@ -397,3 +397,21 @@ def test_marker_belongs_to_the_sensor_account_when_it_exists(tmp_path):  # type:
             pwd.getpwnam("sensor")
         except KeyError:
             assert (tmp_path / ".slim_markers" / "g.pcap").stat().st_uid == os.geteuid()
+
+
+def test_forensic_rules_on_the_command_line(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    check = json.loads(
+        run(
+            "--single", f, "--check-only", "--rules", "forensic", "--output", "json", check_rc=0
+        ).stdout
+    )
+    assert check["summary"]["rules"] == "forensic" and check["files"][0]["rules"] == "forensic"
+    default = json.loads(run("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
+    assert default["summary"]["rules"] == "compatible"
+    # the sample's one HTTP segment starting with 0x17 is cleartext: kept by the forensic rules
+    assert default["files"][0]["truncated_by"]["tls_other_port"] == 1
+    assert check["files"][0]["truncated_by"]["tls_other_port"] == 0
+    run("--single", f, "--rules", "forensic", check_rc=0)
+    assert f.stat().st_size == check["files"][0]["out_bytes"]

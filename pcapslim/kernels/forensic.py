@@ -1,0 +1,409 @@
+"""Forensic rules (SPEC §8): decisions that follow TCP directions by sequence number.
+
+State lives in a bounded open-addressing table of directions (fields T_*), carried across
+windows; when the probed slots are all taken, the least recently used one is taken over. The
+decisions are deterministic: same input, same table size, same output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import (
+    CAT_IPSEC,
+    CAT_KEEP,
+    CAT_QUIC,
+    CAT_SSH,
+    CAT_TLS,
+    CAT_TLS_OTHER_PORT,
+    F_CAPLEN,
+    F_CAT,
+    F_DATA,
+    F_DST,
+    F_END,
+    F_IP,
+    F_KIND,
+    F_L4,
+    F_LINK,
+    F_OUTLEN,
+    F_PAY,
+    F_START,
+    FLOW_PROBES,
+    IKE_FLAG_ENCRYPTION,
+    IKE_HDR_LEN,
+    IKE_SA_INIT,
+    IP_PROTO_TCP,
+    KEEP_BYTES,
+    KIND_PACKET,
+    PORT_IKE,
+    PORT_IKE_NAT_T,
+    PORT_QUIC,
+    PORT_SSH,
+    QUIC_V1,
+    QUIC_V2,
+    SSH_MAX_PACKET,
+    SSH_MSG_NEWKEYS,
+    TCP_MIN_HDR,
+    TLS_APPLICATION_DATA,
+    TLS_MAX_RECORD,
+    UDP_HDR_LEN,
+)
+from .decide import ip4_pseudo_dst, is_handshake_class, is_sliced_linktype, is_tls_port, parse_ip
+from .index import pad4
+from .policy import jit
+from .wire import be16, be32
+
+# direction table fields
+T_USED = 0
+T_KEY = 1  # 10 fields: version, source words 0-3, destination words 0-3, ports
+T_LAST = 11  # last use, for taking over the least recently used slot
+T_MODE = 12
+T_NEXT = 13  # next expected sequence number
+T_REM = 14  # bytes left of the current TLS record or SSH packet
+T_HAVE = 15  # header bytes gathered so far
+T_HDR = 16  # the gathered header bytes, first byte highest
+T_RTYPE = 17  # type of the current TLS record
+T_PHASE = 18  # SSH: banner, packets, newkeys, done
+N_TFIELDS = 19
+KEY_LEN = 10
+
+MODE_NEW = 0
+MODE_NONE = 1
+MODE_LOST = 2
+MODE_TLS = 3
+MODE_SSH = 4
+PH_BANNER = 0
+PH_PACKETS = 1
+PH_NEWKEYS = 2
+PH_DONE = 3
+
+HASH_MOD = 2147483647  # a prime below 2**31: the hash never overflows, with or without the JIT
+
+
+@jit
+def _key(buf, ver, ip, sport, dport, key):
+    key[0] = ver
+    src = ip + 12 if ver == 4 else ip + 8
+    dst = ip + 16 if ver == 4 else ip + 24
+    words = 1 if ver == 4 else 4
+    for k in range(4):
+        key[1 + k] = be32(buf, src + 4 * k) if k < words else 0
+        key[5 + k] = be32(buf, dst + 4 * k) if k < words else 0
+    key[9] = (sport << 16) | dport
+
+
+@jit
+def _slot(table, key, clock):
+    """The slot of a direction: found, free, or the least recently used one taken over."""
+    h = 0
+    for k in range(KEY_LEN):
+        h = (h * 65599 + (key[k] >> 16)) % HASH_MOD
+        h = (h * 65599 + (key[k] & 0xFFFF)) % HASH_MOD
+    cap = table.shape[0]
+    oldest = -1
+    for p in range(FLOW_PROBES):
+        s = (h + p) % cap
+        if table[s, T_USED] == 0:
+            oldest = s
+            break
+        same = True
+        for k in range(KEY_LEN):
+            if table[s, T_KEY + k] != key[k]:
+                same = False
+                break
+        if same:
+            table[s, T_LAST] = clock
+            return s
+        if oldest < 0 or table[s, T_LAST] < table[oldest, T_LAST]:
+            oldest = s
+    for f in range(N_TFIELDS):
+        table[oldest, f] = 0
+    table[oldest, T_USED] = 1
+    for k in range(KEY_LEN):
+        table[oldest, T_KEY + k] = key[k]
+    table[oldest, T_LAST] = clock
+    return oldest
+
+
+@jit
+def plausible_tls(buf, p, end):
+    if p + 5 > end:
+        return False
+    t = np.int64(buf[p])
+    return (0x14 <= t <= 0x18 and buf[p + 1] == 3 and buf[p + 2] <= 4
+            and be16(buf, p + 3) <= TLS_MAX_RECORD)  # fmt: skip
+
+
+@jit
+def _header_byte(table, s, j):
+    """Byte j of the gathered header."""
+    return (table[s, T_HDR] >> (8 * (table[s, T_HAVE] - 1 - j))) & 0xFF
+
+
+@jit
+def walk_tls(buf, table, s, pay, cap_end, seg_len):
+    """Follow TLS records over a segment. Returns 0 lost, 1 all application data, 2 some byte
+    of a handshake-class record."""
+    handshake = False
+    i = 0
+    while i < seg_len:
+        rem = table[s, T_REM]
+        if rem > 0:
+            take = min(rem, seg_len - i)
+            if is_handshake_class(table[s, T_RTYPE]):
+                handshake = True
+            table[s, T_REM] = rem - take
+            i += take
+            continue
+        take = min(5 - table[s, T_HAVE], seg_len - i)
+        if pay + i + take > cap_end:
+            return 0
+        for k in range(take):
+            table[s, T_HDR] = (table[s, T_HDR] << 8) | np.int64(buf[pay + i + k])
+        table[s, T_HAVE] += take
+        i += take
+        if is_handshake_class(_header_byte(table, s, 0)):
+            handshake = True
+        if table[s, T_HAVE] == 5:
+            t = _header_byte(table, s, 0)
+            length = (_header_byte(table, s, 3) << 8) | _header_byte(table, s, 4)
+            if not (0x14 <= t <= 0x18 and _header_byte(table, s, 1) == 3
+                    and _header_byte(table, s, 2) <= 4 and length <= TLS_MAX_RECORD):  # fmt: skip
+                return 0
+            table[s, T_RTYPE] = t
+            table[s, T_REM] = length
+            table[s, T_HAVE] = 0
+            table[s, T_HDR] = 0
+    return 2 if handshake else 1
+
+
+@jit
+def walk_ssh(buf, table, s, pay, cap_end, seg_len):
+    """Follow the banner and binary packet lengths; False when the position is lost."""
+    i = 0
+    while i < seg_len and (table[s, T_PHASE] == PH_BANNER or table[s, T_PHASE] == PH_PACKETS):
+        if table[s, T_PHASE] == PH_BANNER:
+            if pay + i >= cap_end:
+                return False
+            j = pay + i
+            while j < cap_end and buf[j] != 0x0A:
+                j += 1
+            if j == cap_end:
+                return cap_end - pay >= seg_len  # the banner goes on in the next segment
+            i = j + 1 - pay
+            table[s, T_PHASE] = PH_PACKETS
+            continue
+        rem = table[s, T_REM]
+        if rem > 0:
+            take = min(rem, seg_len - i)
+            table[s, T_REM] = rem - take
+            i += take
+            continue
+        take = min(6 - table[s, T_HAVE], seg_len - i)
+        if pay + i + take > cap_end:
+            return False
+        for k in range(take):
+            table[s, T_HDR] = (table[s, T_HDR] << 8) | np.int64(buf[pay + i + k])
+        table[s, T_HAVE] += take
+        i += take
+        if table[s, T_HAVE] == 6:
+            length = table[s, T_HDR] >> 16
+            msg = table[s, T_HDR] & 0xFF
+            if length < 2 or length > SSH_MAX_PACKET:
+                return False
+            table[s, T_REM] = 4 + length - 6
+            table[s, T_HAVE] = 0
+            table[s, T_HDR] = 0
+            if msg == SSH_MSG_NEWKEYS:
+                table[s, T_PHASE] = PH_NEWKEYS  # what follows is encrypted: stop parsing
+    if table[s, T_PHASE] == PH_NEWKEYS:
+        table[s, T_PHASE] = PH_DONE  # this segment carried NEWKEYS: kept; later ones cut
+    return True
+
+
+@jit
+def ssh_kex_packet(buf, p, end):
+    if p + 6 > end:
+        return False
+    length = be32(buf, p)
+    pad = np.int64(buf[p + 4])
+    msg = np.int64(buf[p + 5])
+    return (12 <= length <= SSH_MAX_PACKET and 4 <= pad < length
+            and (msg == 20 or msg == 21 or 30 <= msg <= 34))  # fmt: skip
+
+
+@jit
+def fallback_tcp(buf, pay, cap_end, sport, dport):
+    """§1 rule 6 with the changes of §8 rules 2 and 3."""
+    if cap_end - pay < 4:
+        return CAT_KEEP  # too short to be cut anyway
+    tls_port = is_tls_port(sport) or is_tls_port(dport)
+    first = np.int64(buf[pay])
+    if tls_port and not is_handshake_class(first):
+        return CAT_TLS
+    if (not tls_port and first == TLS_APPLICATION_DATA and buf[pay + 1] == 3
+            and buf[pay + 2] <= 4):  # fmt: skip
+        return CAT_TLS_OTHER_PORT
+    if (
+        (sport == PORT_SSH or dport == PORT_SSH)
+        and not (
+            buf[pay] == 0x53
+            and buf[pay + 1] == 0x53
+            and buf[pay + 2] == 0x48
+            and buf[pay + 3] == 0x2D
+        )
+        and not ssh_kex_packet(buf, pay, cap_end)
+    ):
+        return CAT_SSH
+    return CAT_KEEP
+
+
+@jit
+def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
+    tls_cat = CAT_TLS if (is_tls_port(sport) or is_tls_port(dport)) else CAT_TLS_OTHER_PORT
+    nxt = table[s, T_NEXT]
+    delta = (seq - nxt) & 0xFFFFFFFF
+    at_next = delta == 0
+    old = delta >= 0x80000000 and ((nxt - (seq + seg_len)) & 0xFFFFFFFF) < 0x80000000
+    mode = table[s, T_MODE]
+    if mode == MODE_SSH:
+        if table[s, T_PHASE] == PH_DONE:
+            return CAT_SSH
+        if at_next:
+            table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
+            if walk_ssh(buf, table, s, pay, cap_end, seg_len):
+                return CAT_KEEP
+            table[s, T_MODE] = MODE_LOST
+        elif not old:
+            table[s, T_MODE] = MODE_LOST
+        return fallback_tcp(buf, pay, cap_end, sport, dport)
+    if mode == MODE_TLS:
+        if at_next:
+            table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
+            w = walk_tls(buf, table, s, pay, cap_end, seg_len)
+            if w == 2:
+                return CAT_KEEP
+            if w == 1:
+                return tls_cat
+            table[s, T_MODE] = MODE_LOST
+        elif not old:
+            table[s, T_MODE] = MODE_LOST
+        return fallback_tcp(buf, pay, cap_end, sport, dport)
+    table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
+    if (mode == MODE_NEW and pay + 4 <= cap_end and buf[pay] == 0x53 and buf[pay + 1] == 0x53
+            and buf[pay + 2] == 0x48 and buf[pay + 3] == 0x2D):  # fmt: skip
+        table[s, T_MODE] = MODE_SSH
+        table[s, T_PHASE] = PH_BANNER
+        table[s, T_REM] = 0
+        table[s, T_HAVE] = 0
+        table[s, T_HDR] = 0
+        walk_ssh(buf, table, s, pay, cap_end, seg_len)
+        return CAT_KEEP
+    if plausible_tls(buf, pay, cap_end):
+        table[s, T_MODE] = MODE_TLS
+        table[s, T_REM] = 0
+        table[s, T_HAVE] = 0
+        table[s, T_HDR] = 0
+        w = walk_tls(buf, table, s, pay, cap_end, seg_len)
+        if w == 2:
+            return CAT_KEEP
+        if w == 1:
+            return tls_cat
+        table[s, T_MODE] = MODE_LOST
+        return fallback_tcp(buf, pay, cap_end, sport, dport)
+    if mode == MODE_NEW:
+        table[s, T_MODE] = MODE_NONE
+    return fallback_tcp(buf, pay, cap_end, sport, dport)
+
+
+@jit
+def quic_kept(buf, p, end):
+    if p + 5 > end or (np.int64(buf[p]) & 0xC0) != 0xC0:
+        return False
+    version = be32(buf, p + 1)
+    ptype = (np.int64(buf[p]) >> 4) & 3
+    if version == 0:
+        return True
+    if version == QUIC_V1:
+        return ptype == 0 or ptype == 3
+    if version == QUIC_V2:
+        return ptype == 1 or ptype == 0
+    return False
+
+
+@jit
+def ike_kept(buf, p, end, sport, dport):
+    nat_t = (sport == PORT_IKE_NAT_T or dport == PORT_IKE_NAT_T) and not (
+        sport == PORT_IKE or dport == PORT_IKE
+    )
+    if nat_t:
+        if p + 4 > end or be32(buf, p) != 0:
+            return False  # ESP in UDP
+        p += 4
+    if p + IKE_HDR_LEN > end:
+        return False
+    major = np.int64(buf[p + 17]) >> 4
+    if major == 2:
+        return buf[p + 18] == IKE_SA_INIT
+    if major == 1:
+        return (np.int64(buf[p + 19]) & IKE_FLAG_ENCRYPTION) == 0
+    return False
+
+
+@jit
+def forensic_decide(buf, rec, n, pcapng, table, clock):
+    """Decide packets 0..n-1 by the forensic rules, in order, overwriting their decision and
+    output size. `clock` (one int64) counts packets across windows, for the LRU."""
+    key = np.zeros(KEY_LEN, dtype=np.int64)
+    for i in range(n):
+        if rec[i, F_KIND] != KIND_PACKET or not is_sliced_linktype(rec[i, F_LINK]):
+            continue
+        clock[0] += 1
+        data = rec[i, F_DATA]
+        caplen = rec[i, F_CAPLEN]
+        fend = data + caplen
+        ver, ip, proto, l4, ip_end, dst = parse_ip(buf, data, caplen, rec[i, F_LINK])
+        cat = CAT_KEEP
+        pay = 0
+        if l4 >= 0:
+            if proto == IP_PROTO_TCP:
+                doff = (np.int64(buf[l4 + 12]) >> 4) * 4 if l4 + TCP_MIN_HDR <= fend else 0
+                if doff >= TCP_MIN_HDR and l4 + doff <= fend:
+                    pay = l4 + doff
+            elif l4 + UDP_HDR_LEN <= fend:
+                pay = l4 + UDP_HDR_LEN
+        if pay > 0:
+            pend = ip_end if ip_end < fend else fend
+            plen = pend - pay
+            sport = be16(buf, l4)
+            dport = be16(buf, l4 + 2)
+            if proto == IP_PROTO_TCP:
+                seg_len = ip_end - pay
+                if seg_len > 0 and plen > 0:
+                    _key(buf, ver, ip, sport, dport, key)
+                    s = _slot(table, key, clock[0])
+                    cat = tcp_decide(buf, table, s, be32(buf, l4 + 4), pay, pend, seg_len,
+                                     sport, dport)  # fmt: skip
+            elif plen > KEEP_BYTES:
+                if sport == PORT_QUIC or dport == PORT_QUIC:
+                    cat = CAT_KEEP if quic_kept(buf, pay, pend) else CAT_QUIC
+                elif (sport == PORT_IKE or dport == PORT_IKE or sport == PORT_IKE_NAT_T
+                      or dport == PORT_IKE_NAT_T):  # fmt: skip
+                    cat = CAT_KEEP if ike_kept(buf, pay, pend, sport, dport) else CAT_IPSEC
+            if plen <= KEEP_BYTES:
+                cat = CAT_KEEP
+        rec[i, F_CAT] = cat
+        if cat == CAT_KEEP:
+            rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START]
+            continue
+        if ver == 4:
+            dst = ip4_pseudo_dst(buf, ip, (np.int64(buf[ip]) & 0x0F) * 4)
+        rec[i, F_IP] = ip - data
+        rec[i, F_L4] = l4 - data
+        rec[i, F_PAY] = pay - data
+        rec[i, F_DST] = dst - data
+        kept = pay - data + KEEP_BYTES
+        if pcapng:
+            rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START] - pad4(caplen) + pad4(kept)
+        else:
+            rec[i, F_OUTLEN] = data - rec[i, F_START] + kept

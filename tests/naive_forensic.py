@@ -1,0 +1,253 @@
+"""Slow, obvious twin of the forensic rules (SPEC §8), written from the spec in plain Python.
+
+`decide_stream(frames)` decides a capture's frames in order, keeping per-direction state in a
+dict (unbounded: the tests stay below the kernel's table size). Cuts are made by
+`naive._cut`, exactly as SPEC §2 says.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import naive
+
+TLS_PORTS = naive.TLS_PORTS
+HANDSHAKE_CLASS = naive.HANDSHAKE_CLASS
+MAX_TLS_RECORD = 18432
+MAX_SSH_PACKET = 256 * 1024
+QUIC_V1, QUIC_V2 = 0x00000001, 0x6B3343CF
+SSH_KEX_MESSAGES = {20, 21, 30, 31, 32, 33, 34}
+
+
+@dataclass
+class Direction:
+    mode: str = "new"  # new, none, lost, tls, ssh
+    next_seq: int = 0
+    rem: int = 0  # bytes left of the current TLS record / SSH packet
+    hdr: bytes = b""  # header bytes gathered so far
+    rtype: int = 0
+    ssh_phase: str = "banner"  # banner, packets, done
+
+
+@dataclass
+class Walk:
+    ok: bool
+    handshake: bool = False  # some byte belongs to a handshake-class record
+
+
+def plausible_tls(h: bytes) -> bool:
+    return (
+        len(h) >= 5
+        and 0x14 <= h[0] <= 0x18
+        and h[1] == 3
+        and h[2] <= 4
+        and int.from_bytes(h[3:5], "big") <= MAX_TLS_RECORD
+    )
+
+
+def walk_tls(st: Direction, data: bytes, seg_len: int) -> Walk:
+    """Follow record boundaries over one segment: data is what was captured of seg_len bytes."""
+    w = Walk(True)
+    i = 0
+    while i < seg_len:
+        if st.rem > 0:
+            take = min(st.rem, seg_len - i)
+            w.handshake |= st.rtype in HANDSHAKE_CLASS
+            st.rem -= take
+            i += take
+            continue
+        need = 5 - len(st.hdr)
+        take = min(need, seg_len - i)
+        if i + take > len(data):
+            return Walk(False)  # a record header in bytes that were not captured
+        st.hdr += data[i : i + take]
+        w.handshake |= st.hdr[0] in HANDSHAKE_CLASS
+        i += take
+        if len(st.hdr) == 5:
+            if not plausible_tls(st.hdr):
+                return Walk(False)
+            st.rtype, st.rem, st.hdr = st.hdr[0], int.from_bytes(st.hdr[3:5], "big"), b""
+    return w
+
+
+def walk_ssh(st: Direction, data: bytes, seg_len: int) -> bool:
+    """Follow the banner and binary packet lengths; NEWKEYS moves the phase to done."""
+    i = 0
+    while i < seg_len and st.ssh_phase in ("banner", "packets"):
+        if st.ssh_phase == "banner":
+            if i >= len(data):
+                return False
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                if len(data) < seg_len:
+                    return False
+                return True  # the banner goes on in the next segment
+            i = nl + 1
+            st.ssh_phase = "packets"
+            continue
+        if st.rem > 0:
+            take = min(st.rem, seg_len - i)
+            st.rem -= take
+            i += take
+            continue
+        take = min(6 - len(st.hdr), seg_len - i)
+        if i + take > len(data):
+            return False
+        st.hdr += data[i : i + take]
+        i += take
+        if len(st.hdr) == 6:
+            length, msg = int.from_bytes(st.hdr[:4], "big"), st.hdr[5]
+            if length < 2 or length > MAX_SSH_PACKET:
+                return False
+            st.rem, st.hdr = 4 + length - 6, b""
+            if msg == 21:
+                st.ssh_phase = "newkeys"  # what follows is encrypted: stop parsing
+    if st.ssh_phase == "newkeys":
+        st.ssh_phase = "done"  # this segment carried NEWKEYS: it is kept, later ones cut
+    return True
+
+
+def ssh_kex_packet(p: bytes) -> bool:
+    if len(p) < 6:
+        return False
+    length, pad, msg = int.from_bytes(p[:4], "big"), p[4], p[5]
+    return 12 <= length <= MAX_SSH_PACKET and 4 <= pad < length and msg in SSH_KEX_MESSAGES
+
+
+def fallback_tcp(sport: int, dport: int, p: bytes) -> str | None:
+    """§1 rule 6 with the forensic changes of §8 rules 2 and 3."""
+    if len(p) < 4:
+        return None  # too short to be cut anyway
+    tls_port = bool({sport, dport} & TLS_PORTS)
+    if tls_port and p[0] not in HANDSHAKE_CLASS:
+        return "tls"
+    if not tls_port and p[0] == 0x17 and p[1] == 0x03 and p[2] <= 4:
+        return "tls_other_port"
+    if 22 in (sport, dport) and p[:4] != b"SSH-" and not ssh_kex_packet(p):
+        return "ssh"
+    return None
+
+
+def quic_kept(p: bytes) -> bool:
+    if len(p) < 5 or p[0] & 0xC0 != 0xC0:
+        return False
+    version = int.from_bytes(p[1:5], "big")
+    ptype = (p[0] >> 4) & 3
+    if version == 0:
+        return True
+    if version == QUIC_V1:
+        return ptype in (0, 3)  # Initial, Retry
+    if version == QUIC_V2:
+        return ptype in (1, 0)  # Initial, Retry
+    return False
+
+
+def ike_kept(p: bytes, dport: int, sport: int) -> bool:
+    if 4500 in (sport, dport) and 500 not in (sport, dport):
+        if p[:4] != b"\0\0\0\0":
+            return False  # ESP in UDP
+        p = p[4:]
+    if len(p) < 28:
+        return False
+    major, exchange, flags = p[17] >> 4, p[18], p[19]
+    if major == 2:
+        return exchange == 34
+    if major == 1:
+        return not flags & 0x01
+    return False
+
+
+@dataclass
+class Forensic:
+    directions: dict[tuple, Direction] = field(default_factory=dict)  # type: ignore[type-arg]
+
+    def decide(self, frame: bytes, link: int) -> naive.Verdict:
+        keep = naive.Verdict(None, frame)
+        net = naive.network(frame, link)
+        if net is None or net.l4 is None:
+            return keep
+        l4, proto = net.l4, net.proto
+        if proto == 6:
+            if len(frame) < l4 + 20:
+                return keep
+            hl = 4 * (frame[l4 + 12] >> 4)
+            if hl < 20 or len(frame) < l4 + hl:
+                return keep
+            pay = l4 + hl
+        else:
+            if len(frame) < l4 + 8:
+                return keep
+            pay = l4 + 8
+        pend = min(net.dgram_end, len(frame))
+        data = frame[pay:pend]
+        sport, dport = struct.unpack("!HH", frame[l4 : l4 + 4])
+        category = None
+        if proto == 6:
+            seg_len = max(net.dgram_end - pay, 0)
+            category = self._tcp(net, frame, l4, sport, dport, data, seg_len)
+        elif len(data) > 24:
+            if 443 in (sport, dport):
+                category = None if quic_kept(data) else "quic"
+            elif {500, 4500} & {sport, dport}:
+                category = None if ike_kept(data, dport, sport) else "ipsec"
+        if category is None or len(data) <= 24:
+            return keep
+        ver = net.version
+        return naive.Verdict(
+            category, naive._cut(frame, net.ip, ver, proto, l4, pay, net.route_dst)
+        )
+
+    def _tcp(self, net, frame, l4, sport, dport, data, seg_len):  # type: ignore[no-untyped-def]
+        if seg_len == 0 or not data:
+            return None
+        if net.version == 4:
+            src, dst = frame[net.ip + 12 : net.ip + 16], frame[net.ip + 16 : net.ip + 20]
+        else:
+            src, dst = frame[net.ip + 8 : net.ip + 24], frame[net.ip + 24 : net.ip + 40]
+        key = (net.version, src, dst, sport, dport)
+        st = self.directions.setdefault(key, Direction())
+        seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
+        tls_cat = "tls" if {sport, dport} & TLS_PORTS else "tls_other_port"
+        delta = (seq - st.next_seq) & 0xFFFFFFFF
+        at_next = delta == 0
+        behind = delta >= 0x80000000
+        ends_by_next = ((st.next_seq - (seq + seg_len)) & 0xFFFFFFFF) < 0x80000000
+        old = behind and ends_by_next  # a retransmission of bytes already seen
+        if st.mode == "ssh":
+            if st.ssh_phase == "done":
+                return "ssh"
+            if at_next:
+                st.next_seq = (seq + seg_len) & 0xFFFFFFFF
+                if walk_ssh(st, data, seg_len):
+                    return None
+                st.mode = "lost"
+            elif not old:
+                st.mode = "lost"
+            return fallback_tcp(sport, dport, data)
+        if st.mode == "tls":
+            if at_next:
+                st.next_seq = (seq + seg_len) & 0xFFFFFFFF
+                w = walk_tls(st, data, seg_len)
+                if w.ok:
+                    return None if w.handshake else tls_cat
+                st.mode = "lost"
+            elif not old:
+                st.mode = "lost"
+            return fallback_tcp(sport, dport, data)
+        first = st.mode == "new"
+        st.next_seq = (seq + seg_len) & 0xFFFFFFFF
+        if first and data[:4] == b"SSH-":
+            st.mode, st.ssh_phase, st.rem, st.hdr = "ssh", "banner", 0, b""
+            walk_ssh(st, data, seg_len)
+            return None
+        if plausible_tls(data[:5]):
+            st.mode, st.rem, st.hdr = "tls", 0, b""
+            w = walk_tls(st, data, seg_len)
+            if w.ok:
+                return None if w.handshake else tls_cat
+            st.mode = "lost"
+            return fallback_tcp(sport, dport, data)
+        if st.mode == "new":
+            st.mode = "none"
+        return fallback_tcp(sport, dport, data)
