@@ -77,7 +77,7 @@ PH_PACKETS = 1
 PH_NEWKEYS = 2
 PH_DONE = 3
 
-HASH_MOD = 2147483647  # a prime below 2**31: the hash never overflows, with or without the JIT
+HASH_MASK = 0x7FFFFFFF
 
 
 @jit
@@ -96,13 +96,16 @@ def _key(buf, ver, ip, sport, dport, key):
 def _slot(table, key, clock):
     """The slot of a direction: found, free, or the least recently used one taken over."""
     h = 0
-    for k in range(KEY_LEN):
-        h = (h * 65599 + (key[k] >> 16)) % HASH_MOD
-        h = (h * 65599 + (key[k] & 0xFFFF)) % HASH_MOD
-    cap = table.shape[0]
+    for k in range(KEY_LEN):  # stays below 2**37: the same value with or without the JIT
+        h = ((h * 31) + (key[k] >> 16)) & HASH_MASK
+        h = ((h * 31) + (key[k] & 0xFFFF)) & HASH_MASK
+    h ^= h >> 15
+    h = (h * 2654435) & HASH_MASK
+    h ^= h >> 13
+    mask = table.shape[0] - 1  # a power of two
     oldest = -1
     for p in range(FLOW_PROBES):
-        s = (h + p) % cap
+        s = (h + p) & mask
         if table[s, T_USED] == 0:
             oldest = s
             break
