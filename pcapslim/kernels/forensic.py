@@ -97,8 +97,7 @@ def _slot(table, key, clock):
     """The slot of a direction: found, free, or the least recently used one taken over."""
     h = 0
     for k in range(KEY_LEN):  # stays below 2**37: the same value with or without the JIT
-        h = ((h * 31) + (key[k] >> 16)) & HASH_MASK
-        h = ((h * 31) + (key[k] & 0xFFFF)) & HASH_MASK
+        h = ((h * 31) ^ key[k]) & HASH_MASK
     h ^= h >> 15
     h = (h * 2654435) & HASH_MASK
     h ^= h >> 13
