@@ -187,25 +187,28 @@ def flow_key(frame: bytes, link: int) -> tuple[int, int, tuple[bytes, int], tupl
     return (net.version, net.proto, a, b)
 
 
+def payload_start(frame: bytes, net: Network) -> int | None:
+    """Where the TCP/UDP payload starts, or None when the transport header is not captured."""
+    l4 = net.l4
+    if l4 is None:
+        return None
+    if net.proto == 6:
+        if len(frame) < l4 + 20:
+            return None
+        hl = 4 * (frame[l4 + 12] >> 4)
+        return l4 + hl if hl >= 20 and len(frame) >= l4 + hl else None
+    return l4 + 8 if len(frame) >= l4 + 8 else None
+
+
 def decide(frame: bytes, link: int) -> Verdict:
     """SPEC §1 decision and §2 cut for one frame."""
     keep = Verdict(None, frame)
     net = network(frame, link)
-    if net is None or net.l4 is None:
+    payload_at = None if net is None else payload_start(frame, net)
+    if net is None or net.l4 is None or payload_at is None:
         return keep
     ver, ip, proto, l4 = net.version, net.ip, net.proto, net.l4
     dgram_end, route_dst = net.dgram_end, net.route_dst
-    if proto == 6:
-        if len(frame) < l4 + 20:
-            return keep
-        hl = 4 * (frame[l4 + 12] >> 4)
-        if hl < 20 or len(frame) < l4 + hl:
-            return keep
-        payload_at = l4 + hl
-    else:
-        if len(frame) < l4 + 8:
-            return keep
-        payload_at = l4 + 8
     payload = frame[payload_at : min(dgram_end, len(frame))]
     if len(payload) <= KEEP:
         return keep

@@ -165,20 +165,10 @@ class Forensic:
     def decide(self, frame: bytes, link: int) -> naive.Verdict:
         keep = naive.Verdict(None, frame)
         net = naive.network(frame, link)
-        if net is None or net.l4 is None:
+        pay = None if net is None else naive.payload_start(frame, net)
+        if net is None or net.l4 is None or pay is None:
             return keep
         l4, proto = net.l4, net.proto
-        if proto == 6:
-            if len(frame) < l4 + 20:
-                return keep
-            hl = 4 * (frame[l4 + 12] >> 4)
-            if hl < 20 or len(frame) < l4 + hl:
-                return keep
-            pay = l4 + hl
-        else:
-            if len(frame) < l4 + 8:
-                return keep
-            pay = l4 + 8
         pend = min(net.dgram_end, len(frame))
         data = frame[pay:pend]
         sport, dport = struct.unpack("!HH", frame[l4 : l4 + 4])

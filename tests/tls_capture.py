@@ -14,8 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pcapslim import synth
-
 MSS = 1448
 SUBJECTS = ("pcapslim test root", "pcapslim test intermediate", "www.pcapslim.test")
 
@@ -101,17 +99,9 @@ def converse(
 
 def tcp_frames(sent: list[tuple[str, bytes]], server_port: int) -> list[tuple[str, bytes]]:
     """(side, Ethernet frame) per segment of at most MSS bytes, sequence numbers counted."""
-    seq = {"client": 1000, "server": 900000}
-    ports = {"client": (51515, server_port), "server": (server_port, 51515)}
-    addrs = {"client": ("10.0.0.1", "10.0.0.2"), "server": ("10.0.0.2", "10.0.0.1")}
-    frames = []
-    for side, data in sent:
-        for off in range(0, len(data), MSS):
-            seg = data[off : off + MSS]
-            tcp = synth.tcp(*ports[side], seg, seq=seq[side])
-            frames.append((side, synth.eth_ip(synth.ipv4(tcp, 6, *addrs[side]))))
-            seq[side] += len(seg)
-    return frames
+    from proto_capture import tcp_frames as frames
+
+    return frames(sent, server_port, MSS)
 
 
 def records(stream: bytes) -> list[tuple[int, int, int]]:

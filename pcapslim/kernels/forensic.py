@@ -261,6 +261,16 @@ def fallback_tcp(buf, pay, cap_end, sport, dport):
 
 
 @jit
+def _start(table, s, mode):
+    """Begin following a direction from a record (or banner) boundary."""
+    table[s, T_MODE] = mode
+    table[s, T_PHASE] = PH_BANNER
+    table[s, T_REM] = 0
+    table[s, T_HAVE] = 0
+    table[s, T_HDR] = 0
+
+
+@jit
 def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
     tls_cat = CAT_TLS if (is_tls_port(sport) or is_tls_port(dport)) else CAT_TLS_OTHER_PORT
     nxt = table[s, T_NEXT]
@@ -294,18 +304,11 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
     table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
     if (mode == MODE_NEW and pay + 4 <= cap_end and buf[pay] == 0x53 and buf[pay + 1] == 0x53
             and buf[pay + 2] == 0x48 and buf[pay + 3] == 0x2D):  # fmt: skip
-        table[s, T_MODE] = MODE_SSH
-        table[s, T_PHASE] = PH_BANNER
-        table[s, T_REM] = 0
-        table[s, T_HAVE] = 0
-        table[s, T_HDR] = 0
+        _start(table, s, MODE_SSH)
         walk_ssh(buf, table, s, pay, cap_end, seg_len)
         return CAT_KEEP
     if plausible_tls(buf, pay, cap_end):
-        table[s, T_MODE] = MODE_TLS
-        table[s, T_REM] = 0
-        table[s, T_HAVE] = 0
-        table[s, T_HDR] = 0
+        _start(table, s, MODE_TLS)
         w = walk_tls(buf, table, s, pay, cap_end, seg_len)
         if w == 2:
             return CAT_KEEP
