@@ -176,6 +176,13 @@ def ike_v2(exchange: int, msg_id: int, payload: bytes, responder: bool = False) 
     return hdr + body
 
 
+def ike_v1(exchange: int, flags: int, payload: bytes) -> bytes:
+    """An IKEv1 (ISAKMP) message: exchange 2 is Identity Protection (main mode); flag 0x01 says
+    the payloads are encrypted."""
+    hdr = b"\x33" * 8 + bytes(8) + bytes([1, 0x10, exchange, flags])
+    return hdr + struct.pack("!II", 0, 28 + len(payload)) + payload
+
+
 def ike_sa_payload() -> bytes:
     """An SA payload with one proposal of four transforms (AES-CBC-256, SHA2-256 PRF and
     integrity, DH group 14), then no next payload."""

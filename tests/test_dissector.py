@@ -124,6 +124,24 @@ def test_ike_sa_init_proposals_read_the_same(tmp_path):  # type: ignore[no-untyp
     assert analyze_file(files["original"], rules="forensic").truncated_by["ipsec"] == 3
 
 
+def test_ikev1_main_mode_kept_and_its_encrypted_messages_cut(tmp_path):  # type: ignore[no-untyped-def]
+    clear = pc.ike_v1(2, 0x00, b"\0\0\0\x38" + bytes(52))  # SA payload header + body
+    hidden = pc.ike_v1(2, 0x01, bytes(96))
+    frames = [
+        ("client", pc.udp_frame("client", clear, 500, peer_port=500)),
+        ("server", pc.udp_frame("server", hidden, 500, peer_port=500)),
+    ]
+    files = slimmed(tmp_path, "ikev1", frames)
+    fields = ("isakmp.exchangetype", "isakmp.flags", "isakmp.length", "frame.cap_len")
+    read = {k: tshark(p, "frame", *fields) for k, p in files.items()}
+    assert read["forensic"][0] == read["original"][0]  # main mode in clear: whole
+    assert read["forensic"][1] != read["original"][1]  # encrypted: cut to 24 bytes
+    from pcapslim import analyze_file
+
+    assert analyze_file(files["original"], rules="forensic").truncated_by["ipsec"] == 1
+    assert analyze_file(files["original"]).truncated_by["ipsec"] == 2
+
+
 def test_cleartext_http_and_dns_are_untouched(tmp_path):  # type: ignore[no-untyped-def]
     out = tmp_path / "s.forensic.pcap"
     slim_file(SAMPLE, out, rules="forensic")
