@@ -27,9 +27,8 @@ from ..constants import (
     PCAPNG_EPB_DATA,
     UDP_HDR_LEN,
 )
-from .index import pad4
 from .policy import jit
-from .wire import copy_checked, fold, put16be, put32, sum16
+from .wire import copy_checked, fold, pad4, put16be, put32, sum16
 
 
 @jit

@@ -22,7 +22,6 @@ from ..constants import (
     F_DST,
     F_END,
     F_IP,
-    F_KIND,
     F_L4,
     F_LINK,
     F_OUTLEN,
@@ -34,7 +33,6 @@ from ..constants import (
     IKE_SA_INIT,
     IP_PROTO_TCP,
     KEEP_BYTES,
-    KIND_PACKET,
     PORT_IKE,
     PORT_IKE_NAT_T,
     PORT_QUIC,
@@ -49,9 +47,8 @@ from ..constants import (
     UDP_HDR_LEN,
 )
 from .decide import ip4_pseudo_dst, is_handshake_class, is_sliced_linktype, is_tls_port, parse_ip
-from .index import pad4
 from .policy import jit
-from .wire import be16, be32
+from .wire import be16, be32, pad4
 
 # direction table fields
 T_USED = 0
@@ -356,59 +353,59 @@ def ike_kept(buf, p, end, sport, dport):
 
 
 @jit
-def forensic_decide(buf, rec, n, pcapng, table, clock):
-    """Decide packets 0..n-1 by the forensic rules, in order, overwriting their decision and
-    output size. `clock` (one int64) counts packets across windows, for the LRU."""
-    key = np.zeros(KEY_LEN, dtype=np.int64)
-    for i in range(n):
-        if rec[i, F_KIND] != KIND_PACKET or not is_sliced_linktype(rec[i, F_LINK]):
-            continue
-        clock[0] += 1
-        data = rec[i, F_DATA]
-        caplen = rec[i, F_CAPLEN]
-        fend = data + caplen
-        ver, ip, proto, l4, ip_end, dst = parse_ip(buf, data, caplen, rec[i, F_LINK])
-        cat = CAT_KEEP
-        pay = 0
-        if l4 >= 0:
-            if proto == IP_PROTO_TCP:
-                doff = (np.int64(buf[l4 + 12]) >> 4) * 4 if l4 + TCP_MIN_HDR <= fend else 0
-                if doff >= TCP_MIN_HDR and l4 + doff <= fend:
-                    pay = l4 + doff
-            elif l4 + UDP_HDR_LEN <= fend:
-                pay = l4 + UDP_HDR_LEN
-        if pay > 0:
-            pend = ip_end if ip_end < fend else fend
-            plen = pend - pay
-            sport = be16(buf, l4)
-            dport = be16(buf, l4 + 2)
-            if proto == IP_PROTO_TCP:
-                seg_len = ip_end - pay
-                if seg_len > 0 and plen > 0:
-                    _key(buf, ver, ip, sport, dport, key)
-                    s = _slot(table, key, clock[0])
-                    cat = tcp_decide(buf, table, s, be32(buf, l4 + 4), pay, pend, seg_len,
-                                     sport, dport)  # fmt: skip
-            elif plen > KEEP_BYTES:
-                if sport == PORT_QUIC or dport == PORT_QUIC:
-                    cat = CAT_KEEP if quic_kept(buf, pay, pend) else CAT_QUIC
-                elif (sport == PORT_IKE or dport == PORT_IKE or sport == PORT_IKE_NAT_T
-                      or dport == PORT_IKE_NAT_T):  # fmt: skip
-                    cat = CAT_KEEP if ike_kept(buf, pay, pend, sport, dport) else CAT_IPSEC
-            if plen <= KEEP_BYTES:
-                cat = CAT_KEEP
-        rec[i, F_CAT] = cat
-        if cat == CAT_KEEP:
-            rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START]
-            continue
-        if ver == 4:
-            dst = ip4_pseudo_dst(buf, ip, (np.int64(buf[ip]) & 0x0F) * 4)
-        rec[i, F_IP] = ip - data
-        rec[i, F_L4] = l4 - data
-        rec[i, F_PAY] = pay - data
-        rec[i, F_DST] = dst - data
-        kept = pay - data + KEEP_BYTES
-        if pcapng:
-            rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START] - pad4(caplen) + pad4(kept)
-        else:
-            rec[i, F_OUTLEN] = data - rec[i, F_START] + kept
+def forensic_packet(buf, rec, i, pcapng, table, clock):
+    """Decide record i (a packet whose location fields are filled) by the forensic rules, in
+    capture order: its decision, cut offsets and output size. `clock` (one int64) counts
+    packets across windows, for the LRU."""
+    caplen = rec[i, F_CAPLEN]
+    data = rec[i, F_DATA]
+    rec[i, F_CAT] = CAT_KEEP
+    rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START]
+    if not is_sliced_linktype(rec[i, F_LINK]):
+        return
+    clock[0] += 1
+    fend = data + caplen
+    ver, ip, proto, l4, ip_end, dst = parse_ip(buf, data, caplen, rec[i, F_LINK])
+    if l4 < 0:
+        return
+    pay = 0
+    if proto == IP_PROTO_TCP:
+        doff = (np.int64(buf[l4 + 12]) >> 4) * 4 if l4 + TCP_MIN_HDR <= fend else 0
+        if doff >= TCP_MIN_HDR and l4 + doff <= fend:
+            pay = l4 + doff
+    elif l4 + UDP_HDR_LEN <= fend:
+        pay = l4 + UDP_HDR_LEN
+    if pay == 0:
+        return
+    pend = ip_end if ip_end < fend else fend
+    plen = pend - pay
+    sport = be16(buf, l4)
+    dport = be16(buf, l4 + 2)
+    cat = CAT_KEEP
+    if proto == IP_PROTO_TCP:
+        seg_len = ip_end - pay
+        if seg_len > 0 and plen > 0:
+            key = np.empty(KEY_LEN, dtype=np.int64)
+            _key(buf, ver, ip, sport, dport, key)
+            s = _slot(table, key, clock[0])
+            cat = tcp_decide(buf, table, s, be32(buf, l4 + 4), pay, pend, seg_len, sport, dport)
+    elif plen > KEEP_BYTES:
+        if sport == PORT_QUIC or dport == PORT_QUIC:
+            cat = CAT_KEEP if quic_kept(buf, pay, pend) else CAT_QUIC
+        elif (sport == PORT_IKE or dport == PORT_IKE or sport == PORT_IKE_NAT_T
+              or dport == PORT_IKE_NAT_T):  # fmt: skip
+            cat = CAT_KEEP if ike_kept(buf, pay, pend, sport, dport) else CAT_IPSEC
+    if plen <= KEEP_BYTES or cat == CAT_KEEP:
+        return
+    if ver == 4:
+        dst = ip4_pseudo_dst(buf, ip, (np.int64(buf[ip]) & 0x0F) * 4)
+    rec[i, F_CAT] = cat
+    rec[i, F_IP] = ip - data
+    rec[i, F_L4] = l4 - data
+    rec[i, F_PAY] = pay - data
+    rec[i, F_DST] = dst - data
+    kept = pay - data + KEEP_BYTES
+    if pcapng:
+        rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START] - pad4(caplen) + pad4(kept)
+    else:
+        rec[i, F_OUTLEN] = data - rec[i, F_START] + kept

@@ -150,6 +150,12 @@ def u32(buf, i, le):
 
 
 @jit
+def pad4(n):
+    """n rounded up to a multiple of 4 (pcapng padding)."""
+    return (n + 3) & ~3
+
+
+@jit
 def put16be(buf, i, v):
     buf[i] = (v >> 8) & 0xFF
     buf[i + 1] = v & 0xFF
