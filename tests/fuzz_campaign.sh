@@ -9,12 +9,13 @@ tried=0
 batch=0
 while [ "$(date +%s)" -lt "$end" ]; do
   batch=$((batch + 1))
+  seed="$RANDOM$RANDOM"
   out=$(HYPOTHESIS_PROFILE=campaign python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
-        --hypothesis-seed="$RANDOM$RANDOM" --hypothesis-show-statistics 2>&1)
+        --hypothesis-seed="$seed" --hypothesis-show-statistics 2>&1)
   rc=$?
   n=$(printf '%s\n' "$out" | grep -oE '[0-9]+ passing examples' | head -1 | grep -oE '^[0-9]+')
   tried=$((tried + ${n:-0}))
-  echo "batch $batch: rc=$rc passing=${n:-?} total=$tried"
+  echo "batch $batch (seed $seed): rc=$rc passing=${n:-?} total=$tried"
   if [ "$rc" -ne 0 ]; then printf '%s\n' "$out" | tail -60; exit 1; fi
 done
 echo "campaign done: $tried examples in $batch batches, no failure"
