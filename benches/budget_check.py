@@ -231,8 +231,8 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
     try:
         if s.kind != "startup":
             _source(s, 0)
-        if s.kind == "single" and not s.packets:
-            _run_once(ours, s, work)  # warm the JIT cache (and the inputs) first
+        if s.kind in ("single", "dir"):
+            _run_once(ours, s, work)  # fill the JIT cache (a fresh install has none) first
         runs = [_run_once(ours, s, work) for _ in range(repeat)]
         theirs = [_run_once([against], s, work)[0] for _ in range(repeat)] if against else None
         out_bytes = runs[-1][2]
