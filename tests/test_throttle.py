@@ -48,6 +48,9 @@ def test_io_cap_holds_over_a_100_mb_job(tmp_path, capture_100mb):  # type: ignor
     entry = doc["files"][0]
     moved = entry["in_bytes"] + 2 * entry["out_bytes"]  # read, write, verification re-read
     implied = moved / 20e6
+    print(
+        f"io cap 20 MB/s: {moved / 1e6:.1f} MB moved in {wall:.2f} s (cap implies {implied:.2f} s)"
+    )
     assert wall >= 0.9 * implied - 0.25, (wall, implied)
     assert wall <= 3 * implied + 5, (wall, implied)
 
@@ -65,6 +68,10 @@ def test_cpu_cap_keeps_the_share_near_the_cap(tmp_path, capture_100mb):  # type:
         (tmp_path / f"c{i}.pcap").write_bytes(capture_100mb.read_bytes())
     free_wall, free_cpu, _ = _run_cli("--dir", tmp_path)
     free_share = free_cpu / (free_wall * cores)
+    print(
+        f"cpu cap 25%: share {share:.1%} over {wall:.2f} s; uncapped {free_share:.1%} over "
+        f"{free_wall:.2f} s"
+    )
     assert free_share > share + 0.1, (free_share, share)  # the cap really did something
 
 
@@ -78,6 +85,7 @@ def test_cpu_budget_of_a_busy_loop_matches_the_cap():  # type: ignore[no-untyped
             pass
         throttle.checkpoint()
     share = (time.process_time() - c0) / ((time.monotonic() - t0) * cores)
+    print(f"busy loop under a 30% cap: {share:.1%}")
     assert 0.2 <= share <= 0.36, share
 
 
