@@ -96,3 +96,26 @@ def test_token_bucket_charges_debt_as_sleep_time():  # type: ignore[no-untyped-d
     assert bucket.spend(50) == pytest.approx(0.5)
     now[0] = 1.0
     assert bucket.spend(10) == 0.0  # refilled, up to the burst allowance
+
+
+def test_cpu_target_backs_off_while_the_machine_is_busy():  # type: ignore[no-untyped-def]
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\n"
+                             "while time.time() - t < 6: pass"])  # fmt: skip
+    try:
+        time.sleep(0.5)
+        throttle = CpuThrottle(max_percent=50, backoff_above=10, strength=1.0)
+        t0, c0 = time.monotonic(), time.process_time()
+        targets = []
+        while time.monotonic() - t0 < 3.0:
+            end = time.process_time() + 0.01
+            while time.process_time() < end:
+                pass
+            throttle.checkpoint()
+            targets.append(throttle.target_percent)
+        share = (time.process_time() - c0) / ((time.monotonic() - t0) * throttle.cores)
+    finally:
+        busy.kill()
+        busy.wait()
+    print(f"back-off: target {min(targets):.0f}%..{max(targets):.0f}% of 50%, share {share:.1%}")
+    # another process holds one core (half the machine): the target drops well below 50 %
+    assert min(targets) < 40 and share < 0.42, (min(targets), share)
