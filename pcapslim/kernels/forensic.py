@@ -78,15 +78,14 @@ HASH_MASK = 0x7FFFFFFF
 
 
 @jit
-def _key(buf, ver, ip, sport, dport, key):
-    key[0] = ver
-    src = ip + 12 if ver == 4 else ip + 8
-    dst = ip + 16 if ver == 4 else ip + 24
-    words = 1 if ver == 4 else 4
-    for k in range(4):
-        key[1 + k] = be32(buf, src + 4 * k) if k < words else 0
-        key[5 + k] = be32(buf, dst + 4 * k) if k < words else 0
-    key[9] = (sport << 16) | dport
+def _key(buf, ver, ip, sport, dport):
+    """A direction as a tuple of ten ints: version, source words, destination words, ports."""
+    if ver == 4:
+        return (ver, 0, 0, 0, be32(buf, ip + 12), 0, 0, 0, be32(buf, ip + 16),
+                (sport << 16) | dport)  # fmt: skip
+    return (ver, be32(buf, ip + 8), be32(buf, ip + 12), be32(buf, ip + 16), be32(buf, ip + 20),
+            be32(buf, ip + 24), be32(buf, ip + 28), be32(buf, ip + 32), be32(buf, ip + 36),
+            (sport << 16) | dport)  # fmt: skip
 
 
 @jit
@@ -385,9 +384,7 @@ def forensic_packet(buf, rec, i, pcapng, table, clock):
     if proto == IP_PROTO_TCP:
         seg_len = ip_end - pay
         if seg_len > 0 and plen > 0:
-            key = np.empty(KEY_LEN, dtype=np.int64)
-            _key(buf, ver, ip, sport, dport, key)
-            s = _slot(table, key, clock[0])
+            s = _slot(table, _key(buf, ver, ip, sport, dport), clock[0])
             cat = tcp_decide(buf, table, s, be32(buf, l4 + 4), pay, pend, seg_len, sport, dport)
     elif plen > KEEP_BYTES:
         if sport == PORT_QUIC or dport == PORT_QUIC:
