@@ -22,6 +22,7 @@ from ..constants import (
     F_DST,
     F_END,
     F_IP,
+    F_KIND,
     F_L4,
     F_LINK,
     F_OUTLEN,
@@ -33,6 +34,7 @@ from ..constants import (
     IKE_SA_INIT,
     IP_PROTO_TCP,
     KEEP_BYTES,
+    KIND_PACKET,
     PORT_IKE,
     PORT_IKE_NAT_T,
     PORT_QUIC,
@@ -406,3 +408,12 @@ def forensic_packet(buf, rec, i, pcapng, table, clock):
         rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START] - pad4(caplen) + pad4(kept)
     else:
         rec[i, F_OUTLEN] = data - rec[i, F_START] + kept
+
+
+@jit
+def forensic_decide(buf, rec, n, pcapng, table, clock):
+    """Decide the packets among records 0..n-1 by the forensic rules, in capture order (a pass
+    after the index kernel, which found them without deciding)."""
+    for i in range(n):
+        if rec[i, F_KIND] == KIND_PACKET:
+            forensic_packet(buf, rec, i, pcapng, table, clock)

@@ -3,8 +3,7 @@
 Each kernel fills rows of the record table (fields F_* of pcapslim.constants) for the complete
 records in buf[start:end] and returns (records, next_pos, status, need): `need` is how many
 bytes from next_pos the record there needs when status is ST_NEED_MORE. With `decide` false
-they only find and check the records (the verification pass). A non-empty `flows` table
-(pcapslim.kernels.forensic) selects the forensic rules; `clock` counts packets for it.
+they only find and check the records (the verification pass).
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ from ..constants import (
     ST_OK,
 )
 from .decide import decide_frame, is_sliced_linktype
-from .forensic import forensic_packet
 from .policy import jit
 from .wire import PREFETCH_AHEAD, pad4, prefetch_upto, u16, u32
 
@@ -90,7 +88,7 @@ def decide_into(buf, rec, i, data, caplen, linktype, decide):
 
 
 @jit
-def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, flows, clock):
+def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide):
     """Index classic pcap records in buf[start:end] (the 24-byte file header excluded)."""
     n = 0
     pos = start
@@ -116,12 +114,9 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, flows, clock
         rec[n, F_CAPLEN] = caplen
         rec[n, F_KIND] = KIND_PACKET
         rec[n, F_LINK] = linktype
+        kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
+        rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
         rec[n, F_LE] = le
-        if flows.shape[0]:
-            forensic_packet(buf, rec, n, False, flows, clock)
-        else:
-            kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
-            rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
         n += 1
         pos += rlen
     return n, pos, ST_OK, 0
@@ -140,7 +135,7 @@ def _plain_row(rec, n, pos, blen, kind, link):
 
 
 @jit
-def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, flows, clock):
+def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide):
     """Index pcapng blocks in buf[start:end]; state and interface tables carry across calls."""
     n = 0
     pos = start
@@ -221,12 +216,9 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, flows, c
             rec[n, F_CAPLEN] = caplen
             rec[n, F_KIND] = KIND_PACKET
             rec[n, F_LINK] = link
+            kept = decide_into(buf, rec, n, data, caplen, link, decide)
+            rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
             rec[n, F_LE] = le
-            if flows.shape[0]:
-                forensic_packet(buf, rec, n, True, flows, clock)
-            else:
-                kept = decide_into(buf, rec, n, data, caplen, link, decide)
-                rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
         elif btype == PCAPNG_EPB or btype == PCAPNG_OPB:
             link = if_link[iface] if iface < state[S_IFACES] else -1
             _plain_row(rec, n, pos, blen, KIND_OTHER_PACKET, link)
