@@ -229,8 +229,10 @@ class Forensic:
         st.next_seq = (seq + seg_len) & 0xFFFFFFFF
         if first and data[:4] == b"SSH-":
             st.mode, st.ssh_phase, st.rem, st.hdr = "ssh", "banner", 0, b""
-            walk_ssh(st, data, seg_len)
-            return None
+            if walk_ssh(st, data, seg_len):
+                return None
+            st.mode = "lost"
+            return fallback_tcp(sport, dport, data)
         if plausible_tls(data[:5]):
             st.mode, st.rem, st.hdr = "tls", 0, b""
             w = walk_tls(st, data, seg_len)

@@ -102,6 +102,13 @@ def is_handshake_class(b):
 
 
 @jit
+def starts_with_ssh(buf, p, end):
+    """The bytes at p start with "SSH-" (an SSH version banner)."""
+    return (p + 4 <= end and buf[p] == 0x53 and buf[p + 1] == 0x53 and buf[p + 2] == 0x48
+            and buf[p + 3] == 0x2D)  # fmt: skip
+
+
+@jit
 def ip_by_nibble(buf, p, fend):
     """(IP header offset, version) by the version nibble at p; (-1, 0) when neither 4 nor 6."""
     if p >= fend:
@@ -293,12 +300,7 @@ def decide_frame(buf, f0, caplen, linktype):
             cat = CAT_TLS
         elif not tls_port and first == TLS_APPLICATION_DATA:
             cat = CAT_TLS_OTHER_PORT
-        elif (sport == PORT_SSH or dport == PORT_SSH) and not (
-            buf[pay] == 0x53
-            and buf[pay + 1] == 0x53
-            and buf[pay + 2] == 0x48
-            and buf[pay + 3] == 0x2D
-        ):
+        elif (sport == PORT_SSH or dport == PORT_SSH) and not starts_with_ssh(buf, pay, pend):
             cat = CAT_SSH
     else:
         if sport == PORT_QUIC or dport == PORT_QUIC:

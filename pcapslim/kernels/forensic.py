@@ -48,7 +48,14 @@ from ..constants import (
     TLS_MAX_RECORD,
     UDP_HDR_LEN,
 )
-from .decide import ip4_pseudo_dst, is_handshake_class, is_sliced_linktype, is_tls_port, parse_ip
+from .decide import (
+    ip4_pseudo_dst,
+    is_handshake_class,
+    is_sliced_linktype,
+    is_tls_port,
+    parse_ip,
+    starts_with_ssh,
+)
 from .policy import jit
 from .wire import be16, be32, pad4
 
@@ -246,12 +253,7 @@ def fallback_tcp(buf, pay, cap_end, sport, dport):
         return CAT_TLS_OTHER_PORT
     if (
         (sport == PORT_SSH or dport == PORT_SSH)
-        and not (
-            buf[pay] == 0x53
-            and buf[pay + 1] == 0x53
-            and buf[pay + 2] == 0x48
-            and buf[pay + 3] == 0x2D
-        )
+        and not starts_with_ssh(buf, pay, cap_end)
         and not ssh_kex_packet(buf, pay, cap_end)
     ):
         return CAT_SSH
@@ -276,46 +278,35 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
     at_next = delta == 0
     old = delta >= 0x80000000 and ((nxt - (seq + seg_len)) & 0xFFFFFFFF) < 0x80000000
     mode = table[s, T_MODE]
+    if mode == MODE_SSH and table[s, T_PHASE] == PH_DONE:
+        return CAT_SSH
+    if mode == MODE_SSH or mode == MODE_TLS:
+        if not at_next:  # a retransmission falls back; an overlap or a gap loses the position
+            if not old:
+                table[s, T_MODE] = MODE_LOST
+            return fallback_tcp(buf, pay, cap_end, sport, dport)
+        table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
+    else:
+        table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
+        if mode == MODE_NEW and starts_with_ssh(buf, pay, cap_end):
+            mode = MODE_SSH
+        elif plausible_tls(buf, pay, cap_end):
+            mode = MODE_TLS
+        else:
+            if mode == MODE_NEW:
+                table[s, T_MODE] = MODE_NONE
+            return fallback_tcp(buf, pay, cap_end, sport, dport)
+        _start(table, s, mode)
     if mode == MODE_SSH:
-        if table[s, T_PHASE] == PH_DONE:
-            return CAT_SSH
-        if at_next:
-            table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
-            if walk_ssh(buf, table, s, pay, cap_end, seg_len):
-                return CAT_KEEP
-            table[s, T_MODE] = MODE_LOST
-        elif not old:
-            table[s, T_MODE] = MODE_LOST
-        return fallback_tcp(buf, pay, cap_end, sport, dport)
-    if mode == MODE_TLS:
-        if at_next:
-            table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
-            w = walk_tls(buf, table, s, pay, cap_end, seg_len)
-            if w == 2:
-                return CAT_KEEP
-            if w == 1:
-                return tls_cat
-            table[s, T_MODE] = MODE_LOST
-        elif not old:
-            table[s, T_MODE] = MODE_LOST
-        return fallback_tcp(buf, pay, cap_end, sport, dport)
-    table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
-    if (mode == MODE_NEW and pay + 4 <= cap_end and buf[pay] == 0x53 and buf[pay + 1] == 0x53
-            and buf[pay + 2] == 0x48 and buf[pay + 3] == 0x2D):  # fmt: skip
-        _start(table, s, MODE_SSH)
-        walk_ssh(buf, table, s, pay, cap_end, seg_len)
-        return CAT_KEEP
-    if plausible_tls(buf, pay, cap_end):
-        _start(table, s, MODE_TLS)
+        if walk_ssh(buf, table, s, pay, cap_end, seg_len):
+            return CAT_KEEP
+    else:
         w = walk_tls(buf, table, s, pay, cap_end, seg_len)
         if w == 2:
             return CAT_KEEP
         if w == 1:
             return tls_cat
-        table[s, T_MODE] = MODE_LOST
-        return fallback_tcp(buf, pay, cap_end, sport, dport)
-    if mode == MODE_NEW:
-        table[s, T_MODE] = MODE_NONE
+    table[s, T_MODE] = MODE_LOST
     return fallback_tcp(buf, pay, cap_end, sport, dport)
 
 
