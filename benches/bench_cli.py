@@ -22,7 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from benches.floors import read_floor, unlink_floor, write_floor
+from benches.floors import (
+    numba_process_floor,
+    parallel_unlink_floor,
+    read_floor,
+    unlink_floor,
+    write_floor,
+)
 from benches.gen_capture import ensure
 
 DATA = Path(__file__).parent / "data"
@@ -81,6 +87,7 @@ def main() -> int:
     rf = read_floor(src)
     wf = write_floor(out_bytes, work)
     uf = unlink_floor(src, work)
+    nf = numba_process_floor(work)
     single = statistics.median(times)
     res["single"] = {
         "wall_s": times,
@@ -90,6 +97,7 @@ def main() -> int:
         "unlink_floor_s": uf,
         "ratio": single / (rf + wf),
         "ratio_with_unlink": single / (rf + wf + uf),
+        "numba_process_s": nf,
     }
     mb = src.stat().st_size / 1e6
     print(
@@ -100,6 +108,10 @@ def main() -> int:
     print(
         f"  deleting a synced file of the input size (the replaced original) costs {uf:.3f} s "
         f"here; against cat + write/fsync + delete the ratio is {single / (rf + wf + uf):.2f}"
+    )
+    print(
+        f"  a fresh interpreter that imports numba and calls one cached trivial function takes "
+        f"{nf:.3f} s = {nf / (rf + wf):.2f}x the floor before reading a byte"
     )
 
     # 2. --dir with 1 and 2 workers
@@ -125,6 +137,12 @@ def main() -> int:
                 f"{workers}: median {statistics.median(walls):.3f} s, "
                 f"{throughput[mode][workers]:.0f} MB/s"
             )
+    uf1 = unlink_floor(part, work)
+    uf2 = parallel_unlink_floor(part, work, 2)
+    print(
+        f"  deleting one {part.stat().st_size / 1e6:.0f} MB file: {uf1:.3f} s; two at once from "
+        f"two threads: {uf2:.3f} s ({2 * uf1 / uf2:.2f}x the throughput of one at a time)"
+    )
     speedup = throughput["slim"][2] / throughput["slim"][1]
     check_speedup = throughput["check-only"][2] / throughput["check-only"][1]
     print(
@@ -154,6 +172,8 @@ def main() -> int:
         "speedup": speedup,
         "check_only_speedup": check_speedup,
         "in_process_check_only_mb_s": inproc,
+        "unlink_one_s": uf1,
+        "unlink_two_at_once_s": uf2,
     }
     shutil.rmtree(work, ignore_errors=True)
     if a.json:

@@ -114,3 +114,56 @@ def unlink_floor(src: Path, directory: Path, repeat: int = 3) -> float:
         os.sync()
 
     return median_time(lambda: os.unlink(victim), repeat, setup=setup)[0]
+
+
+NUMBA_PROBE = """
+import numba
+
+@numba.njit(cache=True, nogil=True)
+def one(x):
+    return x + 1
+
+one(1)
+"""
+
+
+def numba_process_floor(directory: Path, repeat: int = 5) -> float:
+    """Median seconds of a fresh interpreter that imports numba and calls one trivial function
+    from numba's on-disk cache: what any process built on numba kernels pays before it reads a
+    byte. SciPy's linear algebra is kept out, as the command keeps it out."""
+    import sys
+
+    script = directory / "numba_probe.py"
+    script.write_text(
+        'import sys\nsys.modules.setdefault("scipy.linalg.cython_blas", None)\n' + NUMBA_PROBE
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(directory / "numba_probe_cache"))
+
+    def run() -> None:
+        subprocess.run([sys.executable, str(script)], env=env, check=True)
+
+    run()  # fills the cache
+    try:
+        return median_time(run, repeat)[0]
+    finally:
+        script.unlink()
+
+
+def parallel_unlink_floor(src: Path, directory: Path, n: int = 2, repeat: int = 3) -> float:
+    """Median seconds to delete `n` synced copies of `src` from `n` threads at once; against
+    `n` x `unlink_floor` it shows whether the file system frees blocks in parallel."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    victims = [directory / f".unlink_floor_{i}.tmp" for i in range(n)]
+
+    def setup() -> None:
+        for v in victims:
+            shutil.copyfile(src, v)
+        os.sync()
+
+    def delete() -> None:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(os.unlink, victims))
+
+    return median_time(delete, repeat, setup=setup)[0]

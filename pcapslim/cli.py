@@ -174,6 +174,7 @@ def _run(
         else None
     )
 
+    _skip_blas_probe()
     from . import coordinator as co
     from . import report
 
@@ -223,6 +224,13 @@ def _run(
     else:
         _err(report.human_summary(results, elapsed, check_only))
     return EXIT_FAIL if any(r.status == co.STATUS_FAIL for r in results) else EXIT_OK
+
+
+def _skip_blas_probe() -> None:
+    """numba probes for a BLAS the first time it loads a kernel, by importing scipy.linalg: 0.5 to
+    0.7 s of start-up when SciPy is installed. The kernels use no linear algebra, so in the
+    command's own process the probe is told there is none."""
+    sys.modules.setdefault("scipy.linalg.cython_blas", None)  # type: ignore[arg-type]
 
 
 def _marked_quietly(p: Path) -> bool:

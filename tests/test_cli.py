@@ -77,6 +77,46 @@ def test_version_and_help_answer_without_loading_numba(flag):  # type: ignore[no
         assert run("--version", check_rc=0).stdout.strip() == "pcap-slim 0.1.0"
 
 
+def test_the_command_does_not_load_scipy_linalg_for_numba(tmp_path):  # type: ignore[no-untyped-def]
+    """numba's BLAS probe imports scipy.linalg (over half a second of start-up); the command,
+    whose kernels use no linear algebra, skips it. A stand-in SciPy on the path records any
+    import of its linalg package (numba itself imports the top-level package for its version)."""
+    fake = tmp_path / "site"
+    (fake / "scipy" / "linalg").mkdir(parents=True)
+    (fake / "scipy" / "__init__.py").write_text('__version__ = "1.99.0"\n')
+    seen = tmp_path / "linalg_imported"
+    (fake / "scipy" / "linalg" / "__init__.py").write_text(f"open({str(seen)!r}, 'w').close()\n")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])
+    )
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import numba.np.linalg as l\ntry: l.ensure_blas()\nexcept ImportError: pass",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert seen.exists()  # the stand-in is what numba's probe finds
+    seen.unlink()
+    target = tmp_path / "a.pcap"
+    target.write_bytes(capture())
+    p = subprocess.run(
+        [sys.executable, "-m", "pcapslim", "--single", str(target), "--output", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["summary"]["ok"] == 1
+    assert not seen.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
