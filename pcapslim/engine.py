@@ -47,7 +47,7 @@ from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
 from .kernels.copy import copy_records
 from .kernels.decide import is_sliced_linktype
-from .kernels.forensic import N_TFIELDS, forensic_decide
+from .kernels.forensic import N_TFIELDS
 from .kernels.index import N_STATE, index_pcap, index_pcapng
 from .source import Bytes, MappedSource, Source, open_source
 from .stats import SlimStats
@@ -172,7 +172,7 @@ def process(
         on_window,
         window_bytes,
         max_records,
-        decide and not forensic,
+        decide,
         forensic,
     )
     with open_source(fd, use_mmap, window_bytes) as src:
@@ -278,8 +278,8 @@ class _Run:
     on_window: WindowCallback | None
     window_bytes: int
     max_records: int
-    decide: bool  # the stateless rules of SPEC §1 in the index kernels
-    forensic: bool  # the rules of SPEC §8 after them
+    decide: bool  # decide packets (false: only find and check the records)
+    forensic: bool  # by the rules of SPEC §8 instead of §1
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
@@ -303,9 +303,8 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     path, stats, decide, window_bytes = run.path, run.stats, run.decide, run.window_bytes
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
-    if run.forensic:
-        flow_table = np.zeros((FLOW_SLOTS, N_TFIELDS), dtype=np.int64)
-        flow_clock = np.zeros(1, dtype=np.int64)
+    flow_table = np.zeros((FLOW_SLOTS, N_TFIELDS), dtype=np.int64) if run.forensic else None
+    flow_clock = np.zeros(1, dtype=np.int64) if run.forensic else None
     if_link = np.zeros(16, dtype=np.int64)
     if_snap = np.zeros(16, dtype=np.int64)
     sections = _Sections()
@@ -321,15 +320,22 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         rec = stage.rec
         if pcapng:
             n, nxt, status, need = index_pcapng(
-                buf, start, end, state, if_link, if_snap, rec, decide
+                buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_clock
             )
         else:
             n, nxt, status, need = index_pcap(
-                buf, start, end, int(fmt.little_endian), fmt.snaplen, fmt.linktype, rec, decide
+                buf,
+                start,
+                end,
+                int(fmt.little_endian),
+                fmt.snaplen,
+                fmt.linktype,
+                rec,
+                decide,
+                flow_table,
+                flow_clock,
             )
         if n:
-            if run.forensic:
-                forensic_decide(buf, rec, n, pcapng, flow_table, flow_clock)
             outlen = rec[:n, F_OUTLEN]
             out_off = np.empty(n, dtype=np.int64)
             out_off[0] = 0

@@ -54,11 +54,23 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
         state = np.zeros(N_FSTATE, dtype=np.int64)
         tsres = np.zeros(MAX_TS_IFACES, dtype=np.int64)
         out = np.zeros((MAX_RECORDS, N_PFIELDS), dtype=np.int64)
+        words_a = np.zeros(4, dtype=np.int64)
+        words_b = np.zeros(4, dtype=np.int64)
         parts: list[npt.NDArray[np.int64]] = []
 
         def collect(buf: Any, rec: Any, n: int) -> None:
             m = packet_rows(
-                buf, rec, n, pcapng, int(fmt.little_endian), fmt.nanosecond, state, tsres, out
+                buf,
+                rec,
+                n,
+                pcapng,
+                int(fmt.little_endian),
+                fmt.nanosecond,
+                state,
+                tsres,
+                out,
+                words_a,
+                words_b,
             )
             parts.append(out[:m].copy())
 

@@ -129,10 +129,9 @@ def _idb_tsresol(buf, start, blen, le):
 
 
 @jit
-def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out):
-    """One row of `out` per packet among records 0..n-1; returns the number of rows."""
-    a = np.zeros(4, dtype=np.int64)
-    b = np.zeros(4, dtype=np.int64)
+def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
+    """One row of `out` per packet among records 0..n-1; returns the number of rows. `a` and
+    `b` are scratch space for the endpoint words (four int64 each)."""
     m = 0
     for i in range(n):
         kind = rec[i, F_KIND]

@@ -22,7 +22,6 @@ from ..constants import (
     F_DST,
     F_END,
     F_IP,
-    F_KIND,
     F_L4,
     F_LINK,
     F_OUTLEN,
@@ -34,7 +33,6 @@ from ..constants import (
     IKE_SA_INIT,
     IP_PROTO_TCP,
     KEEP_BYTES,
-    KIND_PACKET,
     PORT_IKE,
     PORT_IKE_NAT_T,
     PORT_QUIC,
@@ -98,14 +96,21 @@ def _key(buf, ver, ip, sport, dport):
 
 
 @jit
+def _hash(key):
+    """Mix the ten key words: ten independent products (a 32-bit word times a 31-bit odd
+    constant, so every value stays below 2**63 and is the same with or without the JIT)."""
+    h = (key[0] * 0x2545F491 ^ key[1] * 0x4F6CDD1D ^ key[2] * 0x7FEB352D ^ key[3] * 0x3C6EF35F
+         ^ key[4] * 0x6A09E667 ^ key[5] * 0x3243F6A9 ^ key[6] * 0x510E527F
+         ^ key[7] * 0x1F83D9AB ^ key[8] * 0x5BE0CD19 ^ key[9] * 0x2B7E1517)  # fmt: skip
+    h ^= h >> 31
+    h = (h & HASH_MASK) * 0x1B873593
+    return h ^ (h >> 29)
+
+
+@jit
 def _slot(table, key, clock):
     """The slot of a direction: found, free, or the least recently used one taken over."""
-    h = 0
-    for k in range(KEY_LEN):  # stays below 2**37: the same value with or without the JIT
-        h = ((h * 31) ^ key[k]) & HASH_MASK
-    h ^= h >> 15
-    h = (h * 2654435) & HASH_MASK
-    h ^= h >> 13
+    h = _hash(key)
     mask = table.shape[0] - 1  # a power of two
     oldest = -1
     for p in range(FLOW_PROBES):
@@ -113,11 +118,11 @@ def _slot(table, key, clock):
         if table[s, T_USED] == 0:
             oldest = s
             break
-        same = True
-        for k in range(KEY_LEN):
-            if table[s, T_KEY + k] != key[k]:
-                same = False
-                break
+        same = table[s, T_KEY + 9] == key[9]  # the ports first: they differ most often
+        k = 0
+        while same and k < KEY_LEN - 1:
+            same = table[s, T_KEY + k] == key[k]
+            k += 1
         if same:
             table[s, T_LAST] = clock
             return s
@@ -347,8 +352,8 @@ def ike_kept(buf, p, end, sport, dport):
 @jit
 def forensic_packet(buf, rec, i, pcapng, table, clock):
     """Decide record i (a packet whose location fields are filled) by the forensic rules, in
-    capture order: its decision, cut offsets and output size. `clock` (one int64) counts
-    packets across windows, for the LRU."""
+    capture order: its decision, cut offsets and output size (called by the index kernels).
+    `clock` (one int64) counts packets across windows, for the LRU."""
     caplen = rec[i, F_CAPLEN]
     data = rec[i, F_DATA]
     rec[i, F_CAT] = CAT_KEEP
@@ -399,12 +404,3 @@ def forensic_packet(buf, rec, i, pcapng, table, clock):
         rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START] - pad4(caplen) + pad4(kept)
     else:
         rec[i, F_OUTLEN] = data - rec[i, F_START] + kept
-
-
-@jit
-def forensic_decide(buf, rec, n, pcapng, table, clock):
-    """Decide the packets among records 0..n-1 by the forensic rules, in capture order (a pass
-    after the index kernel, which found them without deciding)."""
-    for i in range(n):
-        if rec[i, F_KIND] == KIND_PACKET:
-            forensic_packet(buf, rec, i, pcapng, table, clock)

@@ -4,6 +4,10 @@ Each kernel fills rows of the record table (fields F_* of pcapslim.constants) fo
 records in buf[start:end] and returns (records, next_pos, status, need): `need` is how many
 bytes from next_pos the record there needs when status is ST_NEED_MORE. With `decide` false
 they only find and check the records (the verification pass).
+
+`ftable` and `fclock` are the forensic flow state (SPEC §8), or None for the stateless rules.
+numba compiles one specialisation for each: with None the forensic branch is pruned before
+typing, so the default rules neither compile nor run any of it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from ..constants import (
     ST_OK,
 )
 from .decide import decide_frame, is_sliced_linktype
+from .forensic import forensic_packet
 from .policy import jit
 from .wire import PREFETCH_AHEAD, pad4, prefetch_upto, u16, u32
 
@@ -88,7 +93,7 @@ def decide_into(buf, rec, i, data, caplen, linktype, decide):
 
 
 @jit
-def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide):
+def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, ftable, fclock):
     """Index classic pcap records in buf[start:end] (the 24-byte file header excluded)."""
     n = 0
     pos = start
@@ -114,8 +119,11 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide):
         rec[n, F_CAPLEN] = caplen
         rec[n, F_KIND] = KIND_PACKET
         rec[n, F_LINK] = linktype
-        kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
-        rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
+        if ftable is None:
+            kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
+            rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
+        else:
+            forensic_packet(buf, rec, n, False, ftable, fclock)
         rec[n, F_LE] = le
         n += 1
         pos += rlen
@@ -135,7 +143,7 @@ def _plain_row(rec, n, pos, blen, kind, link):
 
 
 @jit
-def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide):
+def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, fclock):
     """Index pcapng blocks in buf[start:end]; state and interface tables carry across calls."""
     n = 0
     pos = start
@@ -216,8 +224,11 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide):
             rec[n, F_CAPLEN] = caplen
             rec[n, F_KIND] = KIND_PACKET
             rec[n, F_LINK] = link
-            kept = decide_into(buf, rec, n, data, caplen, link, decide)
-            rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
+            if ftable is None:
+                kept = decide_into(buf, rec, n, data, caplen, link, decide)
+                rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
+            else:
+                forensic_packet(buf, rec, n, True, ftable, fclock)
             rec[n, F_LE] = le
         elif btype == PCAPNG_EPB or btype == PCAPNG_OPB:
             link = if_link[iface] if iface < state[S_IFACES] else -1
