@@ -45,6 +45,27 @@ def test_forensic_kernel_matches_the_naive_twin(tmp_path, seed):  # type: ignore
     assert stats.rules == "forensic"
 
 
+def test_benchmark_conversations_match_the_twin_and_keep_less(tmp_path):  # type: ignore[no-untyped-def]
+    """The conversation capture of the benchmark (benches/gen_streams.py): the kernel agrees with
+    the twin on every packet, every stream is followed (TLS on unlisted ports cut after its
+    handshake, certificate chains kept), and the forensic rules keep less than the default."""
+    from capfile import read_records
+
+    from benches.gen_streams import generate
+
+    src = tmp_path / "conv.pcap"
+    generate(src, 3.0, seed=5, concurrent=8)  # few at once: whole conversations in 3 MB
+    frames = [r.frame for r in read_records(src.read_bytes())]
+    expected, cats = _expected(frames)
+    stats = slim_file(src, tmp_path / "out.pcap", rules="forensic")
+    got = [r.frame for r in read_records((tmp_path / "out.pcap").read_bytes())]
+    assert got == [r.frame for r in read_records(expected)]
+    assert {k: v for k, v in stats.truncated_by.items() if v} == cats
+    compatible = analyze_file(src)
+    assert stats.out_bytes < 0.8 * compatible.out_bytes
+    assert stats.truncated_by["tls_other_port"] > 5 * compatible.truncated_by["tls_other_port"]
+
+
 def test_state_carries_across_windows(tmp_path):  # type: ignore[no-untyped-def]
     frames = flowgen.capture_frames(42, conversations=30, datagrams=20)
     src = tmp_path / "in.pcap"

@@ -71,7 +71,7 @@ from ..constants import (
     UDP_HDR_LEN,
     VLAN_TAG_LEN,
 )
-from .policy import jit
+from .policy import hot, jit
 from .wire import be16, u32
 
 
@@ -147,7 +147,7 @@ def ip_after_ethertype(buf, type_off, hdr_end, fend):
     return -1, 0
 
 
-@jit
+@hot
 def find_ip(buf, f0, fend, linktype):
     """(IP header offset, 4 or 6) for a frame at [f0, fend), or (-1, 0)."""
     if linktype == DLT_EN10MB:
@@ -205,7 +205,7 @@ def ip4_pseudo_dst(buf, ip, ihl):
     return ip + 16
 
 
-@jit
+@hot
 def parse_ip(buf, f0, caplen, linktype):
     """The network layer of a frame: (version, ip, proto, l4, ip_end, dst).
 
@@ -266,7 +266,7 @@ def parse_ip(buf, f0, caplen, linktype):
     return 6, ip, proto, p, ip_end, dst
 
 
-@jit
+@hot
 def decide_frame(buf, f0, caplen, linktype):
     """Decide one frame: (category, ip, l4, payload, pseudo_dst), offsets relative to f0.
 

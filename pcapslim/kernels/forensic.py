@@ -54,7 +54,7 @@ from .decide import (
     parse_ip,
     starts_with_ssh,
 )
-from .policy import jit
+from .policy import hot, jit
 from .wire import be16, be32, pad4
 
 # direction table fields
@@ -84,7 +84,7 @@ PH_DONE = 3
 HASH_MASK = 0x7FFFFFFF
 
 
-@jit
+@hot
 def _key(buf, ver, ip, sport, dport):
     """A direction as a tuple of ten ints: version, source words, destination words, ports."""
     if ver == 4:
@@ -95,7 +95,7 @@ def _key(buf, ver, ip, sport, dport):
             (sport << 16) | dport)  # fmt: skip
 
 
-@jit
+@hot
 def _hash(key):
     """Mix the ten key words: ten independent products (a 32-bit word times a 31-bit odd
     constant, so every value stays below 2**63 and is the same with or without the JIT)."""
@@ -107,7 +107,7 @@ def _hash(key):
     return h ^ (h >> 29)
 
 
-@jit
+@hot
 def _slot(table, key, clock):
     """The slot of a direction: found, free, or the least recently used one taken over."""
     h = _hash(key)
@@ -152,7 +152,7 @@ def _header_byte(table, s, j):
     return (table[s, T_HDR] >> (8 * (table[s, T_HAVE] - 1 - j))) & 0xFF
 
 
-@jit
+@hot
 def walk_tls(buf, table, s, pay, cap_end, seg_len):
     """Follow TLS records over a segment. Returns 0 lost, 1 all application data, 2 some byte
     of a handshake-class record."""
@@ -275,7 +275,7 @@ def _start(table, s, mode):
     table[s, T_HDR] = 0
 
 
-@jit
+@hot
 def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
     tls_cat = CAT_TLS if (is_tls_port(sport) or is_tls_port(dport)) else CAT_TLS_OTHER_PORT
     nxt = table[s, T_NEXT]
@@ -349,7 +349,7 @@ def ike_kept(buf, p, end, sport, dport):
     return False
 
 
-@jit
+@hot
 def forensic_packet(buf, rec, i, pcapng, table, clock):
     """Decide record i (a packet whose location fields are filled) by the forensic rules, in
     capture order: its decision, cut offsets and output size (called by the index kernels).

@@ -60,7 +60,7 @@ from ..constants import (
 )
 from .decide import decide_frame, is_sliced_linktype
 from .forensic import forensic_packet
-from .policy import jit
+from .policy import hot, jit
 from .wire import PREFETCH_AHEAD, pad4, prefetch_upto, u16, u32
 
 # pcapng reader state, an int64 array carried across windows
@@ -74,7 +74,7 @@ def caplen_is_corrupt(caplen, snaplen):
     return caplen > MAX_CAPLEN and caplen > snaplen
 
 
-@jit
+@hot
 def decide_into(buf, rec, i, data, caplen, linktype, decide):
     """Fill the decision fields of row i; return the number of frame bytes kept. With decide
     false (counting records only) every packet is kept."""
