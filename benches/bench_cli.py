@@ -24,7 +24,6 @@ from pathlib import Path
 
 from benches.floors import (
     numba_process_floor,
-    parallel_unlink_floor,
     read_floor,
     unlink_floor,
     write_floor,
@@ -138,7 +137,7 @@ def main() -> int:
                 f"{throughput[mode][workers]:.0f} MB/s"
             )
     uf1 = unlink_floor(part, work)
-    uf2 = parallel_unlink_floor(part, work, 2)
+    uf2 = unlink_floor(part, work, at_once=2)
     print(
         f"  deleting one {part.stat().st_size / 1e6:.0f} MB file: {uf1:.3f} s; two at once from "
         f"two threads: {uf2:.3f} s ({2 * uf1 / uf2:.2f}x the throughput of one at a time)"

@@ -102,18 +102,25 @@ class PeakAnon:
         self.peak = max(self.peak, rss_anon() - self._base)
 
 
-def unlink_floor(src: Path, directory: Path, repeat: int = 3) -> float:
-    """Median seconds to delete a synced copy of `src`: what replacing a file of that size
-    costs the file system, whoever replaces it."""
+def unlink_floor(src: Path, directory: Path, repeat: int = 3, at_once: int = 1) -> float:
+    """Median seconds to delete `at_once` synced copies of `src`, each from a thread of its
+    own: what replacing files of that size costs the file system, whoever replaces them (and,
+    against `at_once` times the time of one, whether it frees blocks in parallel)."""
     import shutil
+    from concurrent.futures import ThreadPoolExecutor
 
-    victim = directory / ".unlink_floor.tmp"
+    victims = [directory / f".unlink_floor_{i}.tmp" for i in range(at_once)]
 
     def setup() -> None:
-        shutil.copyfile(src, victim)
+        for v in victims:
+            shutil.copyfile(src, v)
         os.sync()
 
-    return median_time(lambda: os.unlink(victim), repeat, setup=setup)[0]
+    def delete() -> None:
+        with ThreadPoolExecutor(at_once) as pool:
+            list(pool.map(os.unlink, victims))
+
+    return median_time(delete, repeat, setup=setup)[0]
 
 
 NUMBA_PROBE = """
@@ -147,23 +154,3 @@ def numba_process_floor(directory: Path, repeat: int = 5) -> float:
         return median_time(run, repeat)[0]
     finally:
         script.unlink()
-
-
-def parallel_unlink_floor(src: Path, directory: Path, n: int = 2, repeat: int = 3) -> float:
-    """Median seconds to delete `n` synced copies of `src` from `n` threads at once; against
-    `n` x `unlink_floor` it shows whether the file system frees blocks in parallel."""
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
-
-    victims = [directory / f".unlink_floor_{i}.tmp" for i in range(n)]
-
-    def setup() -> None:
-        for v in victims:
-            shutil.copyfile(src, v)
-        os.sync()
-
-    def delete() -> None:
-        with ThreadPoolExecutor(n) as pool:
-            list(pool.map(os.unlink, victims))
-
-    return median_time(delete, repeat, setup=setup)[0]

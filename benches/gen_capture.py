@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,14 +195,22 @@ def generate(
     return count
 
 
+def cached(out: Path, write: Callable[[Path], object]) -> Path:
+    """Benchmark inputs are reused across runs: `write(path)` makes `out` only when it is not
+    there, under another name first, so an interrupted run never leaves a cut-short input."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial")
+        write(partial)
+        partial.rename(out)
+    return out
+
+
 def ensure(
     out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1, max_packets: int | None = None
 ) -> Path:
-    """Generate `out` unless it is there already (benchmark inputs are reused across runs)."""
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        generate(out, size_mb, fmt, seed, max_packets)
-    return out
+    """The capture of `generate`, made once."""
+    return cached(out, lambda p: generate(p, size_mb, fmt, seed, max_packets))
 
 
 def main() -> None:

@@ -24,11 +24,13 @@ left zero (the slimmer does not read them; it writes them for the packets it cut
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from benches.gen_capture import cached
 from pcapslim import synth
 
 MSS = 1448
@@ -146,7 +148,7 @@ def _handshake_msg(mtype: int, body: bytes) -> bytes:
     return bytes([mtype]) + len(body).to_bytes(3, "big") + body
 
 
-def _app_data(r: random.Random, noise: Noise, total: int) -> bytes:
+def _app_data(noise: Noise, total: int) -> bytes:
     """`total` bytes of plaintext sent as TLS records of up to 16 KiB (+ 17 bytes of tag)."""
     out = []
     while total > 0:
@@ -191,8 +193,8 @@ def tls(r: random.Random, noise: Noise, port: int, version: int) -> Iterator[Fra
         )
         yield from conn.send(True, _record(0x14, b"\x01") + _record(0x17, noise.take(53)))
     for _ in range(r.randrange(1, 6)):
-        yield from conn.send(True, _app_data(r, noise, r.randrange(200, 900)))
-        yield from conn.send(False, _app_data(r, noise, _response_size(r)))
+        yield from conn.send(True, _app_data(noise, r.randrange(200, 900)))
+        yield from conn.send(False, _app_data(noise, _response_size(r)))
     yield from conn.close()
 
 
@@ -224,7 +226,7 @@ def http(r: random.Random, noise: Noise) -> Iterator[Frame]:
     conn = Tcp(r, Endpoints(r, 80))
     yield from conn.handshake()
     for _ in range(r.randrange(1, 4)):
-        yield from conn.send(True, b"GET /img/%d.jpg HTTP/1.1\r\nHost: example.test\r\n\r\n" % 7)
+        yield from conn.send(True, b"GET /img/7.jpg HTTP/1.1\r\nHost: example.test\r\n\r\n")
         body = noise.take(_response_size(r) // 4)
         head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
         yield from conn.send(False, head + body)
@@ -271,8 +273,8 @@ def ike(r: random.Random, noise: Noise) -> Iterator[Frame]:
 
     yield _udp(ends, True, msg(34, 0x08, r.randrange(300, 500)))
     yield _udp(ends, False, msg(34, 0x20, r.randrange(300, 500)))
-    nat = Endpoints.__new__(Endpoints)
-    nat.__dict__.update(ends.__dict__, cport=4500, sport=4500)
+    nat = copy.copy(ends)  # the same hosts, NAT traversal ports
+    nat.cport = nat.sport = 4500
     yield _udp(nat, True, bytes(4) + msg(35, 0x08, r.randrange(900, 1300)))
     yield _udp(nat, False, bytes(4) + msg(35, 0x20, r.randrange(900, 1300)))
     for k in range(r.randrange(10, 300)):  # ESP in UDP
@@ -327,13 +329,8 @@ def generate(out: Path, size_mb: float, seed: int = 1, concurrent: int = CONCURR
 
 
 def ensure(out: Path, size_mb: float, seed: int = 1) -> Path:
-    """Generate `out` unless it is there already (benchmark inputs are reused across runs)."""
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".partial")
-        generate(tmp, size_mb, seed)
-        tmp.rename(out)
-    return out
+    """The capture of `generate`, made once."""
+    return cached(out, lambda p: generate(p, size_mb, seed))
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ from .constants import (
 )
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
-from .kernels.flows import N_FSTATE, packet_rows
+from .kernels.flows import packet_rows
+from .kernels.index import N_STATE
 from .stats import SlimStats
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
         head = os.pread(fd, 24, 0)
         fmt = detect_format(head, name)
         pcapng = fmt.name == "pcapng"
-        state = np.zeros(N_FSTATE, dtype=np.int64)
+        state = np.zeros(N_STATE, dtype=np.int64)
         tsres = np.zeros(MAX_TS_IFACES, dtype=np.int64)
         out = np.zeros((MAX_RECORDS, N_PFIELDS), dtype=np.int64)
         words_a = np.zeros(4, dtype=np.int64)

@@ -58,6 +58,17 @@ def quic_conversation(cert_file: str, key_file: str, sni: str) -> list[tuple[str
     return sent
 
 
+def _recv_at_least(chan, n: int) -> bytes:  # type: ignore[no-untyped-def]
+    """Read from a paramiko channel until n bytes came or it closed."""
+    data = b""
+    while len(data) < n:
+        chunk = chan.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def ssh_conversation(port_label: str = "ssh") -> list[tuple[str, bytes]]:
     """Bytes of a paramiko SSH session (key exchange, password login, a channel with data),
     recorded per direction in the order they crossed: [(side, bytes)]."""
@@ -113,13 +124,7 @@ def ssh_conversation(port_label: str = "ssh") -> list[tuple[str, bytes]]:
         server_t.start_server(server=Server())
         chan = server_t.accept(20)
         if chan is not None:
-            data = b""
-            while len(data) < 20000:
-                chunk = chan.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            received.append(data)
+            received.append(_recv_at_least(chan, 20000))
             chan.sendall(b"ok" * 5000)
             chan.close()
 
@@ -129,12 +134,7 @@ def ssh_conversation(port_label: str = "ssh") -> list[tuple[str, bytes]]:
     client_t.connect(username="sensor", password="secret")
     chan = client_t.open_session()
     chan.sendall(b"d" * 20000)
-    got = b""
-    while len(got) < 10000:
-        chunk = chan.recv(65536)
-        if not chunk:
-            break
-        got += chunk
+    got = _recv_at_least(chan, 10000)
     st.join(20)
     client_t.close()
     server_t.close()

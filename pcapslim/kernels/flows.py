@@ -42,13 +42,9 @@ from ..constants import (
     PCAPNG_SPB_DATA,
 )
 from .decide import parse_ip
+from .index import S_IFACES, S_LE  # the same pcapng section state, followed again
 from .policy import jit
 from .wire import be16, be32, u16, u32
-
-# flow-kernel state carried across windows (pcapng)
-FS_LE = 0  # current section is little-endian
-FS_IFACES = 1  # interfaces seen in the current section
-N_FSTATE = 2
 
 
 @jit
@@ -137,16 +133,16 @@ def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
         kind = rec[i, F_KIND]
         start = rec[i, F_START]
         if pcapng and kind == KIND_SHB:
-            state[FS_LE] = 1 if u32(buf, start + 8, 1) == PCAPNG_BOM else 0
-            state[FS_IFACES] = 0
+            state[S_LE] = 1 if u32(buf, start + 8, 1) == PCAPNG_BOM else 0
+            state[S_IFACES] = 0
             continue
         if pcapng and kind == KIND_BLOCK:
-            lle = state[FS_LE]
+            lle = state[S_LE]
             if u32(buf, start, lle) == PCAPNG_IDB:
-                k = state[FS_IFACES]
+                k = state[S_IFACES]
                 if k < tsres.shape[0]:
                     tsres[k] = _idb_tsresol(buf, start, u32(buf, start + 4, lle), lle)
-                state[FS_IFACES] = k + 1
+                state[S_IFACES] = k + 1
             continue
         if kind != KIND_PACKET and kind != KIND_OTHER_PACKET:
             continue
@@ -158,7 +154,7 @@ def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
             frac = u32(buf, start + 4, le)
             ts = u32(buf, start, le) * 1_000_000_000 + (frac if nanosecond else frac * 1000)
         else:
-            lle = state[FS_LE]
+            lle = state[S_LE]
             btype = u32(buf, start, lle)
             if btype == PCAPNG_SPB:
                 data = start + PCAPNG_SPB_DATA
@@ -171,7 +167,7 @@ def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
                     iface = u32(buf, start + 8, lle)
                 caplen = u32(buf, start + 20, lle)
                 resol = DEFAULT_TSRESOL
-                if iface < state[FS_IFACES] and iface < tsres.shape[0]:
+                if iface < state[S_IFACES] and iface < tsres.shape[0]:
                     resol = tsres[iface]
                 ticks = (u32(buf, start + 12, lle) << 32) | u32(buf, start + 16, lle)
                 ts = _ts_ns(ticks, resol)
