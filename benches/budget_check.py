@@ -6,8 +6,10 @@
 Builds the inputs with the realistic generator (cached under benches/data/), runs every
 scenario `repeat` times as a whole process on fresh copies with a warm page cache, and reports
 the median, min and max wall time, the floor measured in the same run, the ratio to it, MB/s and
-the peak resident memory of the process (a memory-mapped input counts in it). Exits 1 when a
-budget is exceeded, 2 when the budgets file is malformed.
+the peak resident memory of the process (a memory-mapped input counts in it). A `scaling`
+scenario runs the same `--dir` job with one worker and with `workers`, alternating, and judges
+the speed-up of the throughput. Exits 1 when a budget is exceeded, 2 when the budgets file is
+malformed.
 
 With --against PATH the same scenarios also run with that binary (same flags) and the table
 shows both times and ours / theirs.
@@ -36,7 +38,8 @@ from benches.gen_capture import ensure
 HERE = Path(__file__).parent
 DATA = HERE / "data"
 DEFAULT_BUDGETS = HERE / "budgets.toml"
-KINDS = ("startup", "single", "dir", "cold")
+KINDS = ("startup", "single", "dir", "cold", "scaling")
+SAMPLE = HERE.parent / "samples" / "loopback_mixed.pcap"  # input = "sample"
 FLOOR_PARTS = ("read", "write", "unlink")
 MIB = 1 << 20
 
@@ -58,6 +61,11 @@ class Scenario:
     budget: float | None = None
     budget_seconds: float | None = None
     quick: bool = False
+    input: str = ""  # "sample": the bundled sample instead of a generated capture
+    env: dict[str, str] = field(default_factory=dict)  # added to the command's environment
+    max_rss_mib: float | None = None  # peak resident memory budget
+    workers: int = 2  # scaling: the worker count compared with one worker
+    min_speedup: float | None = None  # scaling: throughput with `workers` over one worker
 
 
 @dataclass
@@ -70,6 +78,9 @@ class Result:
     budget: float | None
     budget_seconds: float | None
     against_times: list[float] | None = None
+    max_rss_mib: float | None = None
+    one_worker_times: list[float] | None = None  # scaling: the same job with one worker
+    min_speedup: float | None = None
 
     @property
     def median(self) -> float:
@@ -80,8 +91,18 @@ class Result:
         return self.median / self.floor_s if self.floor_s else None
 
     @property
+    def speedup(self) -> float | None:
+        if not self.one_worker_times:
+            return None
+        return statistics.median(self.one_worker_times) / self.median
+
+    @property
     def ok(self) -> bool:
         if self.budget is not None and (self.ratio is None or self.ratio > self.budget):
+            return False
+        if self.max_rss_mib is not None and self.peak_rss > self.max_rss_mib * MIB:
+            return False
+        if self.min_speedup is not None and (self.speedup or 0.0) < self.min_speedup:
             return False
         return not (self.budget_seconds is not None and self.median > self.budget_seconds)
 
@@ -98,8 +119,13 @@ class Result:
             "budget_seconds": self.budget_seconds,
             "mb_per_s": self.input_bytes / 1e6 / self.median if self.input_bytes else None,
             "peak_rss_bytes": self.peak_rss,
+            "max_rss_mib": self.max_rss_mib,
             "ok": self.ok,
         }
+        if self.one_worker_times:
+            out["one_worker_median_s"] = statistics.median(self.one_worker_times)
+            out["speedup"] = self.speedup
+            out["min_speedup"] = self.min_speedup
         if self.against_times:
             out["against_median_s"] = statistics.median(self.against_times)
             out["ours_over_theirs"] = self.median / statistics.median(self.against_times)
@@ -119,7 +145,10 @@ def load_budgets(path: Path) -> tuple[dict[str, Any], list[Scenario]]:
             raise BudgetFileError(f"{path}: scenario {i}: {e}") from e
         if s.kind not in KINDS:
             raise BudgetFileError(f"{path}: {s.name}: kind must be one of {', '.join(KINDS)}")
-        if (s.budget is None) == (s.budget_seconds is None):
+        if s.kind == "scaling":
+            if s.min_speedup is None or s.budget is not None or s.budget_seconds is not None:
+                raise BudgetFileError(f"{path}: {s.name}: a scaling scenario has min_speedup only")
+        elif (s.budget is None) == (s.budget_seconds is None):
             raise BudgetFileError(f"{path}: {s.name}: give exactly one of budget, budget_seconds")
         if s.budget is not None and not s.floor:
             raise BudgetFileError(f"{path}: {s.name}: a ratio budget needs a floor")
@@ -132,7 +161,9 @@ def load_budgets(path: Path) -> tuple[dict[str, Any], list[Scenario]]:
 
 
 def _source(s: Scenario, index: int) -> Path:
-    """The cached generated capture for file `index` of a scenario."""
+    """The cached generated capture for file `index` of a scenario (or the bundled sample)."""
+    if s.input == "sample":
+        return SAMPLE
     ext = "pcapng" if s.format == "pcapng" else "pcap"
     if s.packets:
         name = f"budget_{s.packets}pkts_{index}.{ext}"
@@ -150,7 +181,7 @@ def _warm(path: Path) -> None:
 def _fresh_inputs(s: Scenario, work: Path) -> list[Path]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    n = s.files if s.kind == "dir" else 1
+    n = s.files if s.kind in ("dir", "scaling") else 1
     copies = []
     for i in range(n):
         dst = work / f"capture_{i:04d}.{'pcapng' if s.format == 'pcapng' else 'pcap'}"
@@ -174,16 +205,21 @@ def _peak_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
         pass
 
 
-def _run_once(cmd: list[str], s: Scenario, work: Path) -> tuple[float, int, int]:
+def _run_once(
+    cmd: list[str], s: Scenario, work: Path, workers: int | None = None
+) -> tuple[float, int, int]:
     """(wall seconds, peak RSS bytes, output bytes) of one whole-process run."""
-    env = dict(os.environ)
+    env = dict(os.environ, **s.env)
     cache = None
     if s.kind == "startup":
         argv = [*cmd, *s.args]
     else:
         inputs = _fresh_inputs(s, work)
-        target = ["--dir", str(work)] if s.kind == "dir" else ["--single", str(inputs[0])]
+        in_dir = s.kind in ("dir", "scaling")
+        target = ["--dir", str(work)] if in_dir else ["--single", str(inputs[0])]
         argv = [*cmd, *target, *s.args, "--output", "json"]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
         if s.kind == "cold":
             cache = tempfile.mkdtemp(prefix="pcapslim-cold-")
             env["NUMBA_CACHE_DIR"] = cache
@@ -231,17 +267,23 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
     try:
         if s.kind != "startup":
             _source(s, 0)
-        if s.kind in ("single", "dir"):
-            _run_once(ours, s, work)  # fill the JIT cache (a fresh install has none) first
-        runs = [_run_once(ours, s, work) for _ in range(repeat)]
+        if s.kind in ("single", "dir", "scaling"):
+            _run_once(ours, s, work)  # fill the JIT cache, where the JIT runs, first
+        one_worker: list[float] | None = None
+        if s.kind == "scaling":  # one worker and `workers` alternate, meeting the same machine
+            runs, one_worker = [], []
+            for _ in range(repeat):
+                one_worker.append(_run_once(ours, s, work, workers=1)[0])
+                runs.append(_run_once(ours, s, work, workers=s.workers))
+        else:
+            runs = [_run_once(ours, s, work) for _ in range(repeat)]
         theirs = [_run_once([against], s, work)[0] for _ in range(repeat)] if against else None
         out_bytes = runs[-1][2]
         floor = _floor(s, out_bytes, work) if s.floor else None
         size = 0
         if s.kind != "startup":
-            size = sum(
-                _source(s, i % 8).stat().st_size for i in range(s.files if s.kind == "dir" else 1)
-            )
+            files = s.files if s.kind in ("dir", "scaling") else 1
+            size = sum(_source(s, i % 8).stat().st_size for i in range(files))
         return Result(
             s.name,
             [r[0] for r in runs],
@@ -251,6 +293,9 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
             s.budget,
             s.budget_seconds,
             theirs,
+            s.max_rss_mib,
+            one_worker,
+            s.min_speedup,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -279,7 +324,14 @@ def _print_table(results: list[Result], against: str | None) -> None:
     t.add_column("ok")
     for r in results:
         j = r.to_json()
-        budget = f"{r.budget:g}x" if r.budget is not None else f"{r.budget_seconds:g} s"
+        if r.budget is not None:
+            budget = f"{r.budget:g}x"
+        elif r.budget_seconds is not None:
+            budget = f"{r.budget_seconds:g} s"
+        else:
+            budget = f"speed-up {r.speedup:.2f} >= {r.min_speedup:g}"
+        if r.max_rss_mib is not None:
+            budget += f", <= {r.max_rss_mib:g} MiB"
         row = [r.name, f"{r.median:.3f}", f"{min(r.times):.3f}", f"{max(r.times):.3f}",
                f"{r.floor_s:.3f}" if r.floor_s else "-", f"{r.ratio:.2f}" if r.ratio else "-",
                budget, f"{j['mb_per_s']:.0f}" if j["mb_per_s"] else "-",

@@ -39,8 +39,16 @@ class Rules(enum.StrEnum):
 
 
 def _version(value: bool) -> None:
+    """`pcap-slim X.Y.Z (kernels: ...)`: which kernels a run would use, and why."""
     if value:
-        typer.echo(f"pcap-slim {__version__}")
+        from .kernelset import KernelChoiceError, describe
+
+        try:
+            kernels = describe()
+        except KernelChoiceError as e:
+            _err(f"pcap-slim: {e}")
+            raise typer.Exit(EXIT_USAGE) from None
+        typer.echo(f"pcap-slim {__version__} (kernels: {kernels})")
         raise typer.Exit(EXIT_OK)
 
 
@@ -174,7 +182,19 @@ def _run(
         else None
     )
 
+    from . import kernelset
+
     _skip_blas_probe()
+    try:
+        kernels = kernelset.active()
+    except kernelset.KernelChoiceError as e:
+        _err(f"pcap-slim: {e}")
+        return EXIT_USAGE
+    if kernels.fallback:
+        _err(
+            f"note: kernels: jit — {kernels.fallback}; reinstall pcapslim where a C compiler is "
+            "available for the ahead-of-time kernels (faster start, no compile on first use)"
+        )
     from . import coordinator as co
     from . import report
 

@@ -153,6 +153,11 @@ F_OUTLEN = 11  # bytes this record occupies in the output
 F_LE = 12  # 1 when the record's header fields are little-endian
 N_FIELDS = 13
 
+# --- pcapng reader state: an int64 array the index kernels carry across windows ---------------
+S_LE = 0  # current section is little-endian
+S_IFACES = 1  # interfaces described in the current section
+N_STATE = 2
+
 # --- per-packet flow table (pcapslim.flows): one int64 row per packet -------------------------
 P_LINK = 0  # link type, -1 when unknown
 P_VER = 1  # 4, 6, or 0 for a packet without a usable IP header
@@ -191,3 +196,17 @@ FLOW_SLOTS = (
     1 << 18
 )  # directions the forensic table holds (40 MB; a third full at 40,000 connections)
 FLOW_PROBES = 16  # slots looked at before the least recently used one is taken over
+
+# direction table of the forensic rules: one int64 row per TCP direction
+T_USED = 0
+T_KEY = 1  # 10 fields: version, source words 0-3, destination words 0-3, ports
+T_LAST = 11  # last use, for taking over the least recently used slot
+T_MODE = 12
+T_NEXT = 13  # next expected sequence number
+T_REM = 14  # bytes left of the current TLS record or SSH packet
+T_HAVE = 15  # header bytes gathered so far
+T_HDR = 16  # the gathered header bytes, first byte highest
+T_RTYPE = 17  # type of the current TLS record
+T_PHASE = 18  # SSH: banner, packets, newkeys, done
+N_TFIELDS = 19
+KEY_LEN = 10

@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
 from .constants import (
     CATEGORY_NAMES,
@@ -30,6 +29,8 @@ from .constants import (
     MAX_CAPLEN,
     N_CATEGORIES,
     N_FIELDS,
+    N_STATE,
+    N_TFIELDS,
     RULES_COMPATIBLE,
     RULES_FORENSIC,
     ST_BAD_BLOCK_LEN,
@@ -45,11 +46,8 @@ from .constants import (
 )
 from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
-from .kernels.copy import copy_records
-from .kernels.decide import is_sliced_linktype
-from .kernels.forensic import N_TFIELDS
-from .kernels.index import N_STATE, index_pcap, index_pcapng
-from .source import Bytes, MappedSource, Source, open_source
+from .kernelset import KernelSet, active
+from .source import MappedSource, Source, open_source
 from .stats import SlimStats
 
 WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
@@ -58,7 +56,13 @@ SECTION_LEN_OFF = 16  # offset of the section length inside a section header blo
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
 
 ProgressCallback = Callable[[int, int], None]  # (input bytes done, input bytes total)
-WindowCallback = Callable[[Bytes, npt.NDArray[np.int64], int], None]  # (buf, records, count)
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from .source import Bytes
+
+    # (buf, records, count)
+    WindowCallback: TypeAlias = Callable[[Bytes, npt.NDArray[np.int64], int], None]
 
 _STATUS_TEXT = {
     ST_BAD_BLOCK_LEN: "block length is below 12 or not a multiple of 4",
@@ -106,7 +110,9 @@ class _Sections:
         self.delta = 0  # output minus input bytes of the current section
         self.patches: list[int] = []
 
-    def feed(self, rec: npt.NDArray[np.int64], n: int, out_base: int, out_off: Bytes) -> None:
+    def feed(
+        self, rec: npt.NDArray[np.int64], n: int, out_base: int, out_off: npt.NDArray[np.int64]
+    ) -> None:
         kinds = rec[:n, F_KIND]
         delta = rec[:n, F_OUTLEN] - (rec[:n, F_END] - rec[:n, F_START])
         prev = 0
@@ -174,6 +180,7 @@ def process(
         max_records,
         decide,
         forensic,
+        active(),
     )
     with open_source(fd, use_mmap, window_bytes) as src:
         stats.in_bytes = src.size
@@ -202,8 +209,10 @@ class _CopyStage:
         window_bytes: int,
         max_records: int,
         pipelined: bool,
+        kernels: KernelSet,
     ) -> None:
         self.path = path
+        self.kernels = kernels
         self.sink = sink
         self.pcapng = pcapng
         self.window_bytes = window_bytes
@@ -242,7 +251,7 @@ class _CopyStage:
         total: int,
     ) -> None:
         assert self.sink is not None
-        if copy_records(buf, rec, n, out, out_off, self.pcapng) != 0:
+        if self.kernels.copy_records(buf, rec, n, out, out_off, self.pcapng) != 0:
             raise PcapslimError(
                 f"{self.path}: internal error: the output plan does not fit its buffer near "
                 f"byte offset {int(rec[0, F_START])}; nothing was replaced (please report this)"
@@ -280,6 +289,7 @@ class _Run:
     max_records: int
     decide: bool  # decide packets (false: only find and check the records)
     forensic: bool  # by the rules of SPEC §8 instead of §1
+    kernels: KernelSet
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
@@ -290,6 +300,7 @@ def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
         run.window_bytes,
         run.max_records,
         pipelined=isinstance(src, MappedSource),
+        kernels=run.kernels,
     )
     try:
         out_pos = _index_all(run, src, fmt, stage)
@@ -301,6 +312,7 @@ def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
 
 def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) -> int:
     path, stats, decide, window_bytes = run.path, run.stats, run.decide, run.window_bytes
+    ks = run.kernels
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
     flow_table = np.zeros((FLOW_SLOTS, N_TFIELDS), dtype=np.int64) if run.forensic else None
@@ -309,6 +321,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     if_snap = np.zeros(16, dtype=np.int64)
     sections = _Sections()
     pcapng = fmt.name == "pcapng"
+    le = int(fmt.little_endian)
     pos = fmt.header_len
     if pos:
         buf, _, s, _ = src.window(0, pos)
@@ -318,22 +331,21 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     while pos < src.size:
         buf, base, start, end = src.window(pos, want)
         rec = stage.rec
-        if pcapng:
-            n, nxt, status, need = index_pcapng(
+        if pcapng and flow_table is None:
+            n, nxt, status, need = ks.index_pcapng(
+                buf, start, end, state, if_link, if_snap, rec, decide
+            )
+        elif pcapng:
+            n, nxt, status, need = ks.index_pcapng_forensic(
                 buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_clock
             )
+        elif flow_table is None:
+            n, nxt, status, need = ks.index_pcap(
+                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide
+            )
         else:
-            n, nxt, status, need = index_pcap(
-                buf,
-                start,
-                end,
-                int(fmt.little_endian),
-                fmt.snaplen,
-                fmt.linktype,
-                rec,
-                decide,
-                flow_table,
-                flow_clock,
+            n, nxt, status, need = ks.index_pcap_forensic(
+                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide, flow_table, flow_clock
             )
         if n:
             outlen = rec[:n, F_OUTLEN]
@@ -386,7 +398,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         stats.truncated_by[name] = int(cat_counts[code])
     stats.truncated = int(cat_counts[1:].sum())
     stats.unsliced_linktypes = sorted(
-        int(k) for k in stats.linktypes if not is_sliced_linktype(int(k))
+        int(k) for k in stats.linktypes if not ks.is_sliced_linktype(int(k))
     )
     return out_pos
 

@@ -11,12 +11,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from .constants import (
     CATEGORY_NAMES,
     MAX_TS_IFACES,
     N_PFIELDS,
+    N_STATE,
     P_A0,
     P_APORT,
     P_B0,
@@ -31,11 +31,11 @@ from .constants import (
 )
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
-from .kernels.flows import packet_rows
-from .kernels.index import N_STATE
+from .kernelset import active
 from .stats import SlimStats
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import pandas as pd
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
@@ -58,6 +58,7 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
         words_a = np.zeros(4, dtype=np.int64)
         words_b = np.zeros(4, dtype=np.int64)
         parts: list[npt.NDArray[np.int64]] = []
+        packet_rows = active().packet_rows
 
         def collect(buf: Any, rec: Any, n: int) -> None:
             m = packet_rows(

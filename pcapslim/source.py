@@ -6,11 +6,14 @@ from __future__ import annotations
 import mmap
 import os
 from types import TracebackType
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
-Bytes = npt.NDArray[np.uint8]
+if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
+    import numpy.typing as npt
+
+    Bytes: TypeAlias = npt.NDArray[np.uint8]
 
 
 class Source:

@@ -32,3 +32,16 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if "dissector" in i.keywords])
         items[:] = kept
+
+
+@pytest.fixture(params=["aot", "jit"])
+def kernels(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """Run a test on the kernels compiled ahead of time and on numba's JIT kernels. The compiled
+    module must be installed and match the sources (pip install -e . builds it): otherwise the
+    aot runs fail, naming what is wrong."""
+    from pcapslim import kernelset
+
+    monkeypatch.setenv(kernelset.ENV, request.param)
+    ks = kernelset.active()
+    assert ks.kind == request.param
+    return ks

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import pcapslim
 from pcapslim import slim_file, synth
 
 SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
@@ -74,7 +75,8 @@ def test_version_and_help_answer_without_loading_numba(flag):  # type: ignore[no
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stdout.strip().splitlines()[-1] == "RC 0 False"
     if flag == "--version":
-        assert run("--version", check_rc=0).stdout.strip() == "pcap-slim 0.1.0"
+        version = run("--version", check_rc=0).stdout.strip()
+        assert version == f"pcap-slim {pcapslim.__version__} (kernels: ahead-of-time)"
 
 
 def test_the_command_does_not_load_scipy_linalg_for_numba(tmp_path):  # type: ignore[no-untyped-def]
@@ -87,7 +89,9 @@ def test_the_command_does_not_load_scipy_linalg_for_numba(tmp_path):  # type: ig
     seen = tmp_path / "linalg_imported"
     (fake / "scipy" / "linalg" / "__init__.py").write_text(f"open({str(seen)!r}, 'w').close()\n")
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]),
+        PCAPSLIM_KERNELS="jit",  # the compiled kernels never load numba at all
     )
     probe = subprocess.run(
         [

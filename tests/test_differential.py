@@ -12,6 +12,8 @@ from capfile import read_records
 
 from pcapslim import analyze_file, slim_file, synth
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 FRAMES_PER_LINK = 2500  # x 13 link types x 2 file variants: 65,000 frames a run
 
 

@@ -14,6 +14,8 @@ from capfile import read_records
 
 from pcapslim import slim_file
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 CASES = Path(__file__).parent.parent / "fixtures" / "cases"
 MANIFEST = json.loads((CASES / "manifest.json").read_text())
 

@@ -14,6 +14,8 @@ from pcapslim import analyze_file, synth
 from pcapslim.constants import CATEGORY_NAMES, P_A0, P_APORT, P_B0, P_BPORT, P_PROTO, P_TS_NS, P_VER
 from pcapslim.flows import flow_table, packet_table
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 
 def _key_of_row(row: np.ndarray) -> tuple:  # type: ignore[type-arg]
     def endpoint(base: int, port: int) -> tuple[bytes, int]:

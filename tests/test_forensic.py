@@ -13,6 +13,8 @@ from naive_forensic import Forensic
 
 from pcapslim import analyze_file, slim_file, synth
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 
 def _expected(frames: list[bytes]) -> tuple[bytes, dict[str, int]]:
     twin = Forensic()

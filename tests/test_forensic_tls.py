@@ -11,6 +11,8 @@ from cryptography import x509
 
 from pcapslim import slim_file, synth
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):  # type: ignore[no-untyped-def]

@@ -12,6 +12,8 @@ from engine_io import slim_with_engine
 
 from pcapslim import CorruptCaptureError, UnknownFormatError, analyze_file, slim_file, synth
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 TLS_FRAME = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(97)), 6))
 PLAIN_FRAME = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 4), 6))
 

@@ -17,6 +17,8 @@ from scapy.utils import checksum
 
 from pcapslim import slim_file, synth
 
+pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
+
 SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
 CUT_PORTS_TCP = (443, 8443, 22, 9000, 993)
 CUT_PORTS_UDP = (443, 500, 4500)

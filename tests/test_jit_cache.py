@@ -32,7 +32,7 @@ def test_an_edit_outside_a_kernels_own_file_recompiles_it(tmp_path):  # type: ig
     shutil.copytree(PACKAGE, root / "pcapslim", ignore=shutil.ignore_patterns("__pycache__"))
     cap = tmp_path / "one_tls.pcap"
     cap.write_bytes(synth.pcap_bytes([synth.Record(TLS, ts=1)]))
-    env = dict(os.environ, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(root), PCAPSLIM_KERNELS="jit")
     env.pop("NUMBA_CACHE_DIR", None)
 
     def out_bytes() -> int:

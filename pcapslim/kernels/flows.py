@@ -40,9 +40,10 @@ from ..constants import (
     PCAPNG_OPT_TSRESOL,
     PCAPNG_SPB,
     PCAPNG_SPB_DATA,
+    S_IFACES,  # the index kernels' pcapng section state, followed again
+    S_LE,
 )
 from .decide import parse_ip
-from .index import S_IFACES, S_LE  # the same pcapng section state, followed again
 from .policy import jit
 from .wire import be16, be32, u16, u32
 

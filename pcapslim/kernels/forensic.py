@@ -33,6 +33,8 @@ from ..constants import (
     IKE_SA_INIT,
     IP_PROTO_TCP,
     KEEP_BYTES,
+    KEY_LEN,
+    N_TFIELDS,
     PORT_IKE,
     PORT_IKE_NAT_T,
     PORT_QUIC,
@@ -41,6 +43,16 @@ from ..constants import (
     QUIC_V2,
     SSH_MAX_PACKET,
     SSH_MSG_NEWKEYS,
+    T_HAVE,
+    T_HDR,
+    T_KEY,
+    T_LAST,
+    T_MODE,
+    T_NEXT,
+    T_PHASE,
+    T_REM,
+    T_RTYPE,
+    T_USED,
     TCP_MIN_HDR,
     TLS_APPLICATION_DATA,
     TLS_MAX_RECORD,
@@ -56,20 +68,6 @@ from .decide import (
 )
 from .policy import hot, jit
 from .wire import be16, be32, pad4
-
-# direction table fields
-T_USED = 0
-T_KEY = 1  # 10 fields: version, source words 0-3, destination words 0-3, ports
-T_LAST = 11  # last use, for taking over the least recently used slot
-T_MODE = 12
-T_NEXT = 13  # next expected sequence number
-T_REM = 14  # bytes left of the current TLS record or SSH packet
-T_HAVE = 15  # header bytes gathered so far
-T_HDR = 16  # the gathered header bytes, first byte highest
-T_RTYPE = 17  # type of the current TLS record
-T_PHASE = 18  # SSH: banner, packets, newkeys, done
-N_TFIELDS = 19
-KEY_LEN = 10
 
 MODE_NEW = 0
 MODE_NONE = 1

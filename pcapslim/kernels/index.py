@@ -47,6 +47,8 @@ from ..constants import (
     PCAPNG_SHB,
     PCAPNG_SPB,
     PCAPNG_SPB_DATA,
+    S_IFACES,
+    S_LE,
     ST_BAD_BLOCK_LEN,
     ST_BAD_EPB,
     ST_BAD_IDB,
@@ -62,11 +64,6 @@ from .decide import decide_frame, is_sliced_linktype
 from .forensic import forensic_packet
 from .policy import hot, jit
 from .wire import PREFETCH_AHEAD, pad4, prefetch_upto, u16, u32
-
-# pcapng reader state, an int64 array carried across windows
-S_LE = 0  # current section is little-endian
-S_IFACES = 1  # interfaces described in the current section
-N_STATE = 2
 
 
 @jit

@@ -10,27 +10,12 @@ cache locators installed here stamp every kernel with a digest of all those file
 
 from __future__ import annotations
 
-import hashlib
 import os
-from functools import lru_cache
 from typing import Any
 
 import numba
 
-KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(
-    [os.path.join(KERNEL_DIR, f) for f in os.listdir(KERNEL_DIR) if f.endswith(".py")]
-    + [os.path.join(os.path.dirname(KERNEL_DIR), "constants.py")]
-)
-
-
-@lru_cache(maxsize=1)
-def sources_digest() -> bytes:
-    h = hashlib.sha256()
-    for path in SOURCES:
-        with open(path, "rb") as fh:
-            h.update(fh.read())
-    return h.digest()
+from ..kernelset import KERNEL_DIR, sources_digest
 
 
 def _install_locators() -> None:
