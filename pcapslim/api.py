@@ -50,7 +50,7 @@ def slim_file(
             stats = process(
                 src_name,
                 in_fd,
-                FdSink(out_fd),
+                FdSink(out_fd, writeback=fsync),
                 on_progress=on_progress,
                 use_mmap=use_mmap,
                 rules=rules,

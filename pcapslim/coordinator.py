@@ -241,7 +241,7 @@ class _Accounting:
 
 class _ThrottledSink(FdSink):
     def __init__(self, fd: int, io: IoThrottle | None) -> None:
-        super().__init__(fd)
+        super().__init__(fd, writeback=True)  # the tmp is fsynced before the rename
         self.io = io
 
     def write(self, data):  # type: ignore[no-untyped-def]

@@ -47,6 +47,7 @@ from .constants import (
 from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
 from .kernelset import KernelSet, active
+from .pagecache import start_writeback
 from .source import MappedSource, Source, open_source
 from .stats import SlimStats
 
@@ -54,6 +55,7 @@ WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
 MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
 SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
+WRITEBACK_BYTES = 16 << 20  # output handed to the disk in steps of this size
 
 ProgressCallback = Callable[[int, int], None]  # (input bytes done, input bytes total)
 if TYPE_CHECKING:
@@ -84,11 +86,17 @@ class Sink(Protocol):
 
 
 class FdSink:
-    """Writes to an open file descriptor; patches go to already written bytes."""
+    """Writes to an open file descriptor; patches go to already written bytes.
 
-    def __init__(self, fd: int) -> None:
+    With `writeback`, every WRITEBACK_BYTES written are handed to the disk at once
+    (sync_file_range, which does not wait), so that the fsync at the end has little left to do
+    instead of writing the whole file after the work is done."""
+
+    def __init__(self, fd: int, writeback: bool = False) -> None:
         self.fd = fd
         self.written = 0
+        self._flushed = 0  # bytes already handed to write-back
+        self.writeback = writeback
 
     def write(self, data: Bytes) -> None:
         view = memoryview(data)  # type: ignore[arg-type]
@@ -96,6 +104,9 @@ class FdSink:
             n = os.write(self.fd, view)
             view = view[n:]
             self.written += n
+        if self.writeback and self.written - self._flushed >= WRITEBACK_BYTES:
+            start_writeback(self.fd, self._flushed, self.written - self._flushed)
+            self._flushed = self.written
 
     def patch(self, offset: int, data: bytes) -> None:
         if os.pwrite(self.fd, data, offset) != len(data):

@@ -151,8 +151,8 @@ def load(wanted: str) -> KernelSet:
             problem = "compiled module stale: its stamp differs from the kernel sources"
     if wanted == AOT:
         raise KernelChoiceError(
-            f"{ENV}=aot, but the {problem}; reinstall pcapslim (pip install .) where a C "
-            f"compiler is available, or unset {ENV} to use the JIT"
+            f"{ENV}=aot, but the compiled kernels cannot be used ({problem}); reinstall pcapslim "
+            f"(pip install .) where a C compiler is available, or unset {ENV} to use the JIT"
         )
     return _jit_set(problem)
 

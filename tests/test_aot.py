@@ -136,7 +136,10 @@ def test_a_stale_compiled_module_is_not_used_and_version_says_so(tmp_path):  # t
     assert "none — PCAPSLIM_KERNELS=aot, but compiled module stale" in forced.stdout
     refused = _in_copy(root, CHOICE, PCAPSLIM_KERNELS="aot")
     assert refused.returncode != 0
-    assert "PCAPSLIM_KERNELS=aot, but the compiled module stale" in refused.stderr
+    assert (
+        "PCAPSLIM_KERNELS=aot, but the compiled kernels cannot be used (compiled module stale"
+        in refused.stderr
+    )
 
 
 def test_a_module_whose_own_stamp_differs_is_not_used(tmp_path):  # type: ignore[no-untyped-def]
@@ -215,3 +218,38 @@ def test_without_numba_pycc_the_build_succeeds_and_says_so(tmp_path):  # type: i
     assert "the kernels were not compiled ahead of time (ModuleNotFoundError" in p.stderr
     assert "numba.pycc" in p.stderr
     assert not (out.exists() and list(out.glob("_aot*")))
+
+
+def test_the_compiled_kernels_release_the_gil():  # type: ignore[no-untyped-def]
+    """The copy stage and the workers are threads: while a compiled kernel runs, Python code in
+    another thread runs too. The main thread stamps the time of every turn of its loop; with
+    the GIL held for the call, none of those times could fall inside the call."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from pcapslim import synth
+    from pcapslim.constants import N_FIELDS
+
+    frame = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(1400)), 6))
+    data = synth.pcap_bytes([synth.Record(frame, ts=1)] * 60_000)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    rec = np.zeros((1 << 16, N_FIELDS), dtype=np.int64)
+    ks = kernelset.load(kernelset.AOT)
+    call: list[int] = []
+
+    def kernel() -> None:
+        call.append(time.perf_counter_ns())
+        n = ks.index_pcap(buf, 24, len(data), 1, 262144, 1, rec, True)[0]
+        call.append(time.perf_counter_ns())
+        assert n == 60_000
+
+    turns: list[int] = []
+    t = threading.Thread(target=kernel)
+    t.start()
+    while t.is_alive():
+        turns.append(time.perf_counter_ns())
+    t.join()
+    inside = sum(call[0] < x < call[1] for x in turns)
+    assert inside > 100, (inside, len(turns), (call[1] - call[0]) / 1e6)

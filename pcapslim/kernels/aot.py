@@ -14,7 +14,8 @@ rules get entry points that contain no forensic code at all.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from numba import types
@@ -58,6 +59,28 @@ def _stamp_function(words: tuple[int, int, int, int]) -> Callable[[], tuple[int,
     return stamp
 
 
+@contextmanager
+def _releasing_the_gil() -> Iterator[None]:
+    """pycc compiles its entry points with default flags, whose Python wrappers hold the GIL
+    for the whole call; the JIT policy releases it (nogil=True), and the copy stage and the
+    workers are threads that need it released. The flags pycc creates are made to say so."""
+    import importlib
+
+    pycc_compiler: Any = importlib.import_module("numba.pycc.compiler")
+    base = pycc_compiler.Flags
+
+    class ReleasingFlags(base):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+
+    pycc_compiler.Flags = ReleasingFlags
+    try:
+        yield
+    finally:
+        pycc_compiler.Flags = base
+
+
 def compile_module(path: str, digest: bytes, verbose: bool = False) -> None:
     """Compile every entry point of EXPORTS, plus `stamp()` giving `digest`, into the extension
     module file `path`, and write the digest beside it (STAMP_FILE, hex)."""
@@ -71,6 +94,7 @@ def compile_module(path: str, digest: bytes, verbose: bool = False) -> None:
     for name, (fn, sig) in EXPORTS.items():
         cc.export(name, sig)(fn.py_func)
     cc.export("stamp", types.UniTuple(I64, 4)())(_stamp_function(stamp_words(digest)))
-    cc.compile()
+    with _releasing_the_gil():
+        cc.compile()
     with open(os.path.join(cc.output_dir, STAMP_FILE), "w") as fh:
         fh.write(digest.hex() + "\n")
