@@ -197,6 +197,11 @@ FLOW_SLOTS = (
 )  # directions the forensic table holds (40 MB; a third full at 40,000 connections)
 FLOW_PROBES = 16  # slots looked at before the least recently used one is taken over
 
+# the forensic flow state beside the table: an int64 array carried across windows
+FS_CLOCK = 0  # packets decided so far: the time of the least-recently-used rule
+FS_PROBES = 1  # slots looked at per lookup
+N_FSTATE = 2
+
 # direction table of the forensic rules: one int64 row per TCP direction
 T_USED = 0
 T_KEY = 1  # 10 fields: version, source words 0-3, destination words 0-3, ports

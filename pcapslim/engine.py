@@ -23,12 +23,15 @@ from .constants import (
     F_LINK,
     F_OUTLEN,
     F_START,
+    FLOW_PROBES,
     FLOW_SLOTS,
+    FS_PROBES,
     KIND_OTHER_PACKET,
     KIND_SHB,
     MAX_CAPLEN,
     N_CATEGORIES,
     N_FIELDS,
+    N_FSTATE,
     N_STATE,
     N_TFIELDS,
     RULES_COMPATIBLE,
@@ -171,13 +174,19 @@ def process(
     decide: bool = True,
     on_window: WindowCallback | None = None,
     rules: str = RULES_COMPATIBLE,
+    flow_slots: int = FLOW_SLOTS,
+    flow_probes: int = FLOW_PROBES,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
     With decide=False nothing is cut: the records are only found and counted. `on_window` sees
     every indexed window (the buffer and its filled record-table rows) before it is copied.
-    `rules` is "compatible" (SPEC §1) or "forensic" (SPEC §8)."""
+    `rules` is "compatible" (SPEC §1) or "forensic" (SPEC §8); the forensic rules keep their
+    state in a table of `flow_slots` directions (a power of two), probing `flow_probes` slots
+    before the least recently used one is taken over."""
     if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
         raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
+    if flow_slots < 1 or flow_slots & (flow_slots - 1) or not 1 <= flow_probes <= flow_slots:
+        raise ValueError("flow_slots must be a power of two and flow_probes within 1..flow_slots")
     t0 = time.perf_counter()
     stats = SlimStats(path=path, rules=rules)
     forensic = rules == RULES_FORENSIC and decide
@@ -192,6 +201,8 @@ def process(
         decide,
         forensic,
         active(),
+        flow_slots,
+        flow_probes,
     )
     with open_source(fd, use_mmap, window_bytes) as src:
         stats.in_bytes = src.size
@@ -301,6 +312,8 @@ class _Run:
     decide: bool  # decide packets (false: only find and check the records)
     forensic: bool  # by the rules of SPEC §8 instead of §1
     kernels: KernelSet
+    flow_slots: int  # forensic direction table: rows
+    flow_probes: int  # and slots probed per lookup
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
@@ -326,8 +339,11 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     ks = run.kernels
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
     state = np.zeros(N_STATE, dtype=np.int64)
-    flow_table = np.zeros((FLOW_SLOTS, N_TFIELDS), dtype=np.int64) if run.forensic else None
-    flow_clock = np.zeros(1, dtype=np.int64) if run.forensic else None
+    flow_table = np.zeros((run.flow_slots, N_TFIELDS), dtype=np.int64) if run.forensic else None
+    flow_state = None
+    if run.forensic:
+        flow_state = np.zeros(N_FSTATE, dtype=np.int64)
+        flow_state[FS_PROBES] = run.flow_probes
     if_link = np.zeros(16, dtype=np.int64)
     if_snap = np.zeros(16, dtype=np.int64)
     sections = _Sections()
@@ -348,7 +364,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             )
         elif pcapng:
             n, nxt, status, need = ks.index_pcapng_forensic(
-                buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_clock
+                buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_state
             )
         elif flow_table is None:
             n, nxt, status, need = ks.index_pcap(
@@ -356,7 +372,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             )
         else:
             n, nxt, status, need = ks.index_pcap_forensic(
-                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide, flow_table, flow_clock
+                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide, flow_table, flow_state
             )
         if n:
             outlen = rec[:n, F_OUTLEN]

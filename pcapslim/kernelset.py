@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
-from .constants import N_FIELDS, N_PFIELDS, N_STATE, N_TFIELDS
+from .constants import FS_PROBES, N_FIELDS, N_FSTATE, N_PFIELDS, N_STATE, N_TFIELDS
 from .errors import PcapslimError
 
 ENV = "PCAPSLIM_KERNELS"
@@ -220,12 +220,14 @@ def _rows(rec: Any, n: int) -> None:
         raise ValueError(f"{n} records do not fit a table of {rec.shape[0]} rows")
 
 
-def _flow_state(ftable: Any, fclock: Any) -> None:
+def _flow_state(ftable: Any, fstate: Any) -> None:
     _table(ftable, N_TFIELDS, "the flow table")
     rows = ftable.shape[0]
     if rows == 0 or rows & (rows - 1):
         raise ValueError("the flow table needs a power-of-two number of rows")
-    _vector(fclock, 1, "the flow clock")
+    _vector(fstate, N_FSTATE, "the flow state")
+    if not 1 <= fstate[FS_PROBES] <= rows:
+        raise ValueError("the flow table is probed 1 to its row count slots at a time")
 
 
 def _interfaces(state: Any, if_link: Any, if_snap: Any) -> None:
@@ -240,12 +242,12 @@ def _aot_set(m: Any) -> KernelSet:
         _rows(rec, 0)
         return m.index_pcap(buf, start, end, le, snaplen, link, rec, decide, None, None)
 
-    def pcap_forensic(buf, start, end, le, snaplen, link, rec, decide, ftable, fclock):  # type: ignore[no-untyped-def]
+    def pcap_forensic(buf, start, end, le, snaplen, link, rec, decide, ftable, fstate):  # type: ignore[no-untyped-def]
         _array(buf, _U8, 1, "the input")
         _rows(rec, 0)
-        _flow_state(ftable, fclock)
+        _flow_state(ftable, fstate)
         return m.index_pcap_forensic(
-            buf, start, end, le, snaplen, link, rec, decide, ftable, fclock
+            buf, start, end, le, snaplen, link, rec, decide, ftable, fstate
         )
 
     def pcapng(buf, start, end, state, if_link, if_snap, rec, decide):  # type: ignore[no-untyped-def]
@@ -254,13 +256,13 @@ def _aot_set(m: Any) -> KernelSet:
         _rows(rec, 0)
         return m.index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, None, None)
 
-    def pcapng_forensic(buf, start, end, state, if_link, if_snap, rec, decide, ftable, fclock):  # type: ignore[no-untyped-def]
+    def pcapng_forensic(buf, start, end, state, if_link, if_snap, rec, decide, ftable, fstate):  # type: ignore[no-untyped-def]
         _array(buf, _U8, 1, "the input")
         _interfaces(state, if_link, if_snap)
         _rows(rec, 0)
-        _flow_state(ftable, fclock)
+        _flow_state(ftable, fstate)
         return m.index_pcapng_forensic(
-            buf, start, end, state, if_link, if_snap, rec, decide, ftable, fclock
+            buf, start, end, state, if_link, if_snap, rec, decide, ftable, fstate
         )
 
     def copy(buf, rec, n, out, out_off, is_pcapng):  # type: ignore[no-untyped-def]

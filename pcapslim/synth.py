@@ -63,13 +63,23 @@ def ether(
     return out + payload + trailer
 
 
-def mpls(payload: bytes, labels: Sequence[int], tags: Sequence[tuple[int, int]] = ()) -> bytes:
-    """Ethernet carrying an MPLS label stack; the last label is bottom of stack."""
+def mpls(
+    payload: bytes,
+    labels: Sequence[int],
+    tags: Sequence[tuple[int, int]] = (),
+    etype: int = ETH_TYPE_MPLS_UC,
+) -> bytes:
+    """Ethernet carrying an MPLS label stack (unicast, or multicast with ETH_TYPE_MPLS_MC); the
+    last label is bottom of stack."""
+    return ether(mpls_stack(labels) + payload, etype, tags)
+
+
+def mpls_stack(labels: Sequence[int]) -> bytes:
     stack = b""
     for i, label in enumerate(labels):
         bottom = 1 if i == len(labels) - 1 else 0
         stack += struct.pack("!I", (label << 12) | (bottom << 8) | 64)
-    return ether(stack + payload, ETH_TYPE_MPLS_UC, tags)
+    return stack
 
 
 def sll(payload: bytes, proto: int) -> bytes:

@@ -51,3 +51,24 @@ def read_records(data: bytes) -> list[Rec]:
                 )
         pos += blen
     return out
+
+
+@dataclass
+class Block:
+    btype: int
+    data: bytes  # the whole block
+    little_endian: bool
+
+
+def read_blocks(data: bytes) -> list[Block]:
+    """Every complete block of a pcapng file, in order."""
+    out, pos, order = [], 0, "<"
+    while pos + 12 <= len(data):
+        if data[pos : pos + 4] == b"\x0a\x0d\x0d\x0a":
+            order = "<" if data[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+        btype, blen = struct.unpack(order + "II", data[pos : pos + 8])
+        if blen < 12 or pos + blen > len(data):
+            break
+        out.append(Block(btype, data[pos : pos + blen], order == "<"))
+        pos += blen
+    return out

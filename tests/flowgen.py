@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
+from dataclasses import dataclass
 
 from pcapslim import synth
 
@@ -74,11 +75,54 @@ def perturb(r: random.Random, segs: list[tuple[int, bytes]]) -> list[tuple[int, 
     return segs
 
 
-def _ip(r: random.Random, v6: bool, src: str, dst: str, seg: bytes, proto: int) -> bytes:
-    return synth.ipv6(seg, proto, src, dst) if v6 else synth.ipv4(seg, proto, src, dst)
+@dataclass
+class IpShape:
+    """The IP header a conversation's packets carry besides the addresses: IPv4 options, or an
+    IPv6 extension chain (both may change the pseudo-header of a cut packet)."""
+
+    v4_options: bytes = b""
+    v6_chain: tuple[synth.Ext, ...] = ()
 
 
-def conversation(r: random.Random, n: int) -> list[bytes]:
+def ip_shape(r: random.Random, v6: bool) -> IpShape:
+    if v6:
+        chain = []
+        for _ in range(r.choice((0, 0, 1, 2))):
+            pick = r.random()
+            if pick < 0.3:
+                chain.append(synth.hop_by_hop(r.choice((8, 16))))
+            elif pick < 0.6:
+                chain.append(synth.dest_opts(r.choice((8, 24))))
+            elif pick < 0.85:
+                rtype = r.choice((0, 2, 4))
+                n = 1 if rtype == 2 else r.randrange(1, 3)
+                addrs = [f"2001:db8:{r.randrange(1, 99)}::{r.randrange(1, 99)}" for _ in range(n)]
+                chain.append(synth.routing(rtype, r.choice((0, 1)), addrs))
+            else:
+                chain.append(synth.auth_header(r.choice((1, 3))))
+        return IpShape(v6_chain=tuple(chain))
+    opts = b""
+    if r.random() < 0.3:
+        opts = r.choice(
+            (
+                b"\x01\x01\x01\x00",  # NOPs, end of list
+                bytes([0x83, 7, 4]) + bytes([198, 51, 100, 9]) + b"\x00",  # loose source route
+                bytes([0x89, 11, 4]) + bytes(8) + b"\x01",  # strict source route, two hops
+                bytes([0x44, 8, 5, 0]) + bytes(4),  # timestamp
+            )
+        )
+    return IpShape(v4_options=opts)
+
+
+def _ip(v6: bool, shape: IpShape, src: str, dst: str, seg: bytes, proto: int) -> bytes:
+    if v6:
+        return synth.ipv6(seg, proto, src, dst, ext=list(shape.v6_chain))
+    return synth.ipv4(seg, proto, src, dst, options=shape.v4_options)
+
+
+def conversation(r: random.Random, n: int, shaped: bool = False) -> list[bytes]:
+    """The IP packets of one TCP conversation, in the order the capture sees them; with
+    `shaped`, IPv4 options and IPv6 extension headers on its packets."""
     kind = r.choice(("tls", "tls", "tls_bad", "ssh", "ssh", "clear", "random"))
     v6 = r.random() < 0.3
     c = f"2001:db8::{n + 1:x}" if v6 else f"10.1.{n // 250}.{n % 250 + 1}"
@@ -97,20 +141,22 @@ def conversation(r: random.Random, n: int) -> list[bytes]:
         up, down = r.randbytes(r.randrange(0, 3000)), r.randbytes(r.randrange(0, 6000))
     ups = perturb(r, segments(r, up, r.randrange(1 << 32)))
     downs = perturb(r, segments(r, down, r.randrange(1 << 32)))
-    frames = []
+    shape = ip_shape(r, v6) if shaped else IpShape()
+    packets = []
     while ups or downs:
         side = ups if (ups and (not downs or r.random() < 0.5)) else downs
         seq, data = side.pop(0)
         if side is ups:
             seg = synth.tcp(cport, port, data, seq=seq)
-            frames.append(synth.eth_ip(_ip(r, v6, c, s, seg, 6)))
+            packets.append(_ip(v6, shape, c, s, seg, 6))
         else:
             seg = synth.tcp(port, cport, data, seq=seq)
-            frames.append(synth.eth_ip(_ip(r, v6, s, c, seg, 6)))
-    return frames
+            packets.append(_ip(v6, shape, s, c, seg, 6))
+    return packets
 
 
 def udp_datagram(r: random.Random, n: int) -> bytes:
+    """One QUIC or IKE datagram as an IP packet."""
     if r.random() < 0.5:
         ptype = r.randrange(4)
         first = r.choice((0xC0 | (ptype << 4), 0x40, 0x80 | (ptype << 4)))
@@ -131,20 +177,26 @@ def udp_datagram(r: random.Random, n: int) -> bytes:
             payload = (b"\0\0\0\0" if r.random() < 0.6 else r.randbytes(4)) + payload
     if r.random() < 0.5:
         ports = ports[::-1]
-    return synth.eth_ip(
-        synth.ipv4(synth.udp(ports[0], ports[1], payload), 17, "10.9.0.1", "10.9.0.2")
-    )
+    return synth.ipv4(synth.udp(ports[0], ports[1], payload), 17, "10.9.0.1", "10.9.0.2")
+
+
+def capture_packets(
+    seed: int, conversations: int, datagrams: int, shaped: bool = False
+) -> list[bytes]:
+    """IP packets of conversations interleaved (each keeps its own order) and UDP datagrams
+    among them."""
+    r = random.Random(seed)
+    queues = [conversation(r, i, shaped) for i in range(conversations)]
+    queues += [[udp_datagram(r, i)] for i in range(datagrams)]
+    packets = []
+    while queues:
+        q = r.choice(queues)
+        packets.append(q.pop(0))
+        if not q:
+            queues.remove(q)
+    return packets
 
 
 def capture_frames(seed: int, conversations: int, datagrams: int) -> list[bytes]:
-    """Conversations interleaved (each keeps its own order) and UDP datagrams among them."""
-    r = random.Random(seed)
-    queues = [conversation(r, i) for i in range(conversations)]
-    queues += [[udp_datagram(r, i)] for i in range(datagrams)]
-    frames = []
-    while queues:
-        q = r.choice(queues)
-        frames.append(q.pop(0))
-        if not q:
-            queues.remove(q)
-    return frames
+    """The same as Ethernet frames."""
+    return [synth.eth_ip(p) for p in capture_packets(seed, conversations, datagrams)]

@@ -7,6 +7,7 @@ are checked against.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KEEP = 24
@@ -275,19 +276,24 @@ class NaiveResult:
     tail: int
 
 
-def slim_bytes(data: bytes) -> NaiveResult:
-    """SPEC §4 for a whole file held in memory."""
+Decide = Callable[[bytes, int], Verdict]  # (frame, link type) -> verdict
+
+
+def slim_bytes(data: bytes, decide_frame: Decide | None = None) -> NaiveResult:
+    """SPEC §4 for a whole file held in memory; every packet is decided by `decide_frame`, in
+    file order (default: the rules of §1, `decide`)."""
+    decide_frame = decide_frame or decide
     if len(data) < 24:
         raise NaiveError("short")
     for order in ("<", ">"):
         if struct.unpack(order + "I", data[:4])[0] in (0xA1B2C3D4, 0xA1B23C4D):
-            return _slim_pcap(data, order)
+            return _slim_pcap(data, order, decide_frame)
     if data[:4] == b"\x0a\x0d\x0d\x0a":
-        return _slim_pcapng(data)
+        return _slim_pcapng(data, decide_frame)
     raise NaiveError("magic")
 
 
-def _slim_pcap(data: bytes, order: str) -> NaiveResult:
+def _slim_pcap(data: bytes, order: str, decide: Decide) -> NaiveResult:
     snaplen, link = struct.unpack(order + "II", data[16:24])
     link &= 0xFFFF
     out = [data[:24]]
@@ -315,7 +321,7 @@ def _pad(n: int) -> int:
     return -n % 4
 
 
-def _slim_pcapng(data: bytes) -> NaiveResult:
+def _slim_pcapng(data: bytes, decide: Decide) -> NaiveResult:
     pos, packets = 0, 0
     cats: dict[str, int] = {}
     sections: list[list[bytes]] = []  # each: [shb, blocks...]

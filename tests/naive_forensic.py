@@ -1,14 +1,18 @@
 """Slow, obvious twin of the forensic rules (SPEC §8), written from the spec in plain Python.
 
-`decide_stream(frames)` decides a capture's frames in order, keeping per-direction state in a
-dict (unbounded: the tests stay below the kernel's table size). Cuts are made by
-`naive._cut`, exactly as SPEC §2 says.
+`Forensic(slots, probes).decide` decides a capture's frames in order (pass it to
+`naive.slim_bytes` for a whole file), keeping per-direction state in a bounded table with the
+kernel's policy, written here from its description: a direction's key is hashed to a slot,
+`probes` slots from there are looked at, and when none is free and none is the direction's own,
+the least recently used of them (by a clock that counts the packets of sliced link types) is
+taken over, its state starting afresh. Cuts are made by `naive._cut`, exactly as SPEC §2 says.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 
 import naive
 
@@ -18,6 +22,12 @@ MAX_TLS_RECORD = 18432
 MAX_SSH_PACKET = 256 * 1024
 QUIC_V1, QUIC_V2 = 0x00000001, 0x6B3343CF
 SSH_KEX_MESSAGES = {20, 21, 30, 31, 32, 33, 34}
+TABLE_SLOTS, TABLE_PROBES = 1 << 18, 16  # the size the command uses
+EVENTS: Counter[str] = Counter()  # what the walks met, for the tests' coverage checks
+# the direction hash: each of the ten key words times its own odd 31-bit constant, xor-ed,
+# then folded: (h ^ h >> 31), low 31 bits times 0x1B873593, (h ^ h >> 29)
+KEY_MULTIPLIERS = (0x2545F491, 0x4F6CDD1D, 0x7FEB352D, 0x3C6EF35F, 0x6A09E667, 0x3243F6A9,
+                   0x510E527F, 0x1F83D9AB, 0x5BE0CD19, 0x2B7E1517)  # fmt: skip
 
 
 @dataclass
@@ -28,6 +38,61 @@ class Direction:
     hdr: bytes = b""  # header bytes gathered so far
     rtype: int = 0
     ssh_phase: str = "banner"  # banner, packets, done
+
+
+def direction_key(version: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, ...]:
+    """Version, the source and destination as four 32-bit words each (IPv4: three zeros, then
+    the address), and the ports as one word."""
+
+    def words(a: bytes) -> list[int]:
+        if len(a) == 4:
+            return [0, 0, 0, int.from_bytes(a, "big")]
+        return [int.from_bytes(a[i : i + 4], "big") for i in range(0, 16, 4)]
+
+    return (version, *words(src), *words(dst), (sport << 16) | dport)
+
+
+def key_hash(key: tuple[int, ...]) -> int:
+    h = 0
+    for word, m in zip(key, KEY_MULTIPLIERS):
+        h ^= word * m
+    h ^= h >> 31
+    h = (h & 0x7FFFFFFF) * 0x1B873593
+    return h ^ (h >> 29)
+
+
+@dataclass
+class Slot:
+    key: tuple[int, ...]
+    last: int  # clock of the last packet that looked it up
+    direction: Direction
+
+
+class DirectionTable:
+    def __init__(self, slots: int, probes: int) -> None:
+        self.slots: list[Slot | None] = [None] * slots
+        self.probes = probes
+        self.taken_over = 0  # directions whose state was dropped for another's
+
+    def lookup(self, key: tuple[int, ...], clock: int) -> Direction:
+        h = key_hash(key)
+        oldest = None
+        for p in range(self.probes):
+            s = (h + p) % len(self.slots)
+            slot = self.slots[s]
+            if slot is None:
+                oldest = s
+                break
+            if slot.key == key:
+                slot.last = clock
+                return slot.direction
+            if oldest is None or slot.last < self.slots[oldest].last:  # type: ignore[union-attr]
+                oldest = s
+        assert oldest is not None
+        if self.slots[oldest] is not None:
+            self.taken_over += 1
+        self.slots[oldest] = Slot(key, clock, Direction())
+        return self.slots[oldest].direction  # type: ignore[union-attr]
 
 
 @dataclass
@@ -60,6 +125,7 @@ def walk_tls(st: Direction, data: bytes, seg_len: int) -> Walk:
         need = 5 - len(st.hdr)
         take = min(need, seg_len - i)
         if i + take > len(data):
+            EVENTS["tls_header_not_captured"] += 1
             return Walk(False)  # a record header in bytes that were not captured
         st.hdr += data[i : i + take]
         w.handshake |= st.hdr[0] in HANDSHAKE_CLASS
@@ -93,6 +159,7 @@ def walk_ssh(st: Direction, data: bytes, seg_len: int) -> bool:
             continue
         take = min(6 - len(st.hdr), seg_len - i)
         if i + take > len(data):
+            EVENTS["ssh_header_not_captured"] += 1
             return False
         st.hdr += data[i : i + take]
         i += take
@@ -158,12 +225,16 @@ def ike_kept(p: bytes, dport: int, sport: int) -> bool:
     return False
 
 
-@dataclass
 class Forensic:
-    directions: dict[tuple, Direction] = field(default_factory=dict)  # type: ignore[type-arg]
+    def __init__(self, slots: int = TABLE_SLOTS, probes: int = TABLE_PROBES) -> None:
+        self.table = DirectionTable(slots, probes)
+        self.clock = 0
 
     def decide(self, frame: bytes, link: int) -> naive.Verdict:
         keep = naive.Verdict(None, frame)
+        if link not in naive.SLICED:
+            return keep
+        self.clock += 1
         net = naive.network(frame, link)
         pay = None if net is None else naive.payload_start(frame, net)
         if net is None or net.l4 is None or pay is None:
@@ -195,8 +266,7 @@ class Forensic:
             src, dst = frame[net.ip + 12 : net.ip + 16], frame[net.ip + 16 : net.ip + 20]
         else:
             src, dst = frame[net.ip + 8 : net.ip + 24], frame[net.ip + 24 : net.ip + 40]
-        key = (net.version, src, dst, sport, dport)
-        st = self.directions.setdefault(key, Direction())
+        st = self.table.lookup(direction_key(net.version, src, dst, sport, dport), self.clock)
         seq = int.from_bytes(frame[l4 + 4 : l4 + 8], "big")
         tls_cat = "tls" if {sport, dport} & TLS_PORTS else "tls_other_port"
         delta = (seq - st.next_seq) & 0xFFFFFFFF

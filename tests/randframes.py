@@ -129,43 +129,48 @@ def _tags(r: random.Random) -> list[tuple[int, int]]:
     ]
 
 
+MPLS_TYPES = (0x8847, 0x8848)  # unicast, multicast
+
+
+def link_frame(r: random.Random, pkt: bytes, link: int, etype: int) -> bytes:
+    """An IP packet (or whatever `etype` says it is) in a random frame of link type `link`:
+    VLAN/QinQ tag stacks and MPLS unicast and multicast label stacks on the Ethernet-like
+    types, trailers on Ethernet, either byte order of the BSD loopback family."""
+    if link in ETHER_LIKE:
+        tags = _tags(r)
+        use_mpls = r.random() < 0.1
+        mpls_type = r.choice(MPLS_TYPES)
+        labels = [r.randrange(16, 1 << 20) for _ in range(r.randrange(1, 4))]
+        if link == 1:
+            trailer = r.randbytes(r.choice((0, 0, 0, 4, 6, 18)))
+            if use_mpls:
+                return synth.mpls(pkt, labels, tags, mpls_type) + trailer
+            return synth.ether(pkt, etype, tags, trailer)
+        inner = b""
+        types = [t for t, _ in tags] + [mpls_type if use_mpls else etype]
+        for i, (_, vid) in enumerate(tags):
+            inner += struct.pack("!HH", vid, types[i + 1])
+        if use_mpls:
+            inner += synth.mpls_stack(labels)
+        return (synth.sll if link == 113 else synth.sll2)(inner + pkt, types[0])
+    if link in RAW:
+        return pkt
+    if link in NULL:
+        version = pkt[0] >> 4 if pkt else 4
+        fam = 2 if version == 4 else r.choice((10, 24, 28, 30))
+        if r.random() < 0.03:
+            fam = 7
+        return synth.null(pkt, fam, r.random() < 0.5)
+    return r.randbytes(r.randrange(0, 20)) + pkt
+
+
 def frame(r: random.Random, link: int) -> bytes:
     version = 4 if r.random() < 0.6 else 6
     pkt = ip_packet(r, version)
     etype = 0x0800 if version == 4 else 0x86DD
     if r.random() < 0.04:
         etype = r.choice((0x0806, 0x88CC, 0x0800 if version == 6 else 0x86DD))
-    if link in ETHER_LIKE:
-        tags = _tags(r)
-        use_mpls = r.random() < 0.1
-        if link == 1:
-            trailer = r.randbytes(r.choice((0, 0, 0, 4, 6, 18)))
-            if use_mpls:
-                f = synth.mpls(
-                    pkt, [r.randrange(16, 1 << 20) for _ in range(r.randrange(1, 4))], tags
-                )
-                f += trailer
-            else:
-                f = synth.ether(pkt, etype, tags, trailer)
-        else:
-            inner = b""
-            types = [t for t, _ in tags] + [etype]
-            for i, (_, vid) in enumerate(tags):
-                inner += struct.pack("!HH", vid, types[i + 1])
-            proto = types[0]
-            if use_mpls:
-                proto = 0x8847
-                inner = struct.pack("!I", (5 << 12) | (1 << 8) | 64)
-            f = (synth.sll if link == 113 else synth.sll2)(inner + pkt, proto)
-    elif link in RAW:
-        f = pkt
-    elif link in NULL:
-        fam = 2 if version == 4 else r.choice((10, 24, 28, 30))
-        if r.random() < 0.03:
-            fam = 7
-        f = synth.null(pkt, fam, r.random() < 0.5)
-    else:
-        f = r.randbytes(r.randrange(0, 20)) + pkt
+    f = link_frame(r, pkt, link, etype)
     pick = r.random()
     if pick < 0.08:
         f = f[: r.randrange(0, len(f) + 1)]  # snaplen cut at any point

@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import naive
 import pytest
+from accounts import sensor_account, temporary_account
+from naive_forensic import Forensic
 
 import pcapslim
-from pcapslim import slim_file, synth
+from pcapslim import synth
 
 SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
 TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
@@ -40,13 +43,21 @@ def capture(n_tls: int = 3, n_plain: int = 2, **kw: object) -> bytes:
     return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)], **kw)  # type: ignore[arg-type]
 
 
-def expected_slim(tmp_path: Path, data: bytes) -> bytes:
-    a, b = tmp_path / "expect_in", tmp_path / "expect_out"
-    a.write_bytes(data)
-    slim_file(a, b)
-    out = b.read_bytes()
-    a.unlink()
-    b.unlink()
+def expected_slim(data: bytes) -> bytes:
+    """What the naive twin (tests/naive.py, written from the spec) makes of a capture."""
+    return naive.slim_bytes(data).data
+
+
+SAMPLE_PACKETS = 2065  # as the sample's own README (shared/samples) counts them
+
+
+def listing(d: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every entry under d: (mode, size, content of regular files) by relative path."""
+    out = {}
+    for p in sorted(d.rglob("*")):
+        st = p.lstat()
+        content = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+        out[str(p.relative_to(d))] = (st.st_mode, st.st_size, content)
     return out
 
 
@@ -125,26 +136,35 @@ def test_the_command_does_not_load_scipy_linalg_for_numba(tmp_path):  # type: ig
     "args",
     [
         [],
-        ["--dir", "/tmp", "--single", "/tmp/x.pcap"],
-        ["--single", "x.pcap", "--mmap", "--no-mmap"],
-        ["--dir", "/tmp", "--workers", "0"],
-        ["--dir", "/tmp", "--max-cpu-percent", "0"],
-        ["--dir", "/tmp", "--max-cpu-percent", "101"],
-        ["--dir", "/tmp", "--cpu-backoff-strength", "1.5"],
-        ["--dir", "/tmp", "--cpu-backoff-above", "-1"],
-        ["--dir", "/tmp", "--max-io-mbps", "0"],
-        ["--dir", "/tmp", "--age-minutes", "-1"],
-        ["--dir", "/tmp", "--output", "xml"],
-        ["--dir", "/tmp", "--rules", "strict"],
-        ["--single", "x.pcap", "--age-minutes", "5"],
-        ["--dir", "/tmp", "--dry-run", "--check-only"],
-        ["--dir", "/tmp", "--bogus"],
+        ["--dir", "D", "--single", "D/x.pcap"],
+        ["--single", "D/x.pcap", "--mmap", "--no-mmap"],
+        ["--dir", "D", "--workers", "0"],
+        ["--dir", "D", "--max-cpu-percent", "0"],
+        ["--dir", "D", "--max-cpu-percent", "101"],
+        ["--dir", "D", "--cpu-backoff-strength", "1.5"],
+        ["--dir", "D", "--cpu-backoff-above", "-1"],
+        ["--dir", "D", "--max-io-mbps", "0"],
+        ["--dir", "D", "--age-minutes", "-1"],
+        ["--dir", "D", "--output", "xml"],
+        ["--dir", "D", "--rules", "strict"],
+        ["--single", "D/x.pcap", "--age-minutes", "5"],
+        ["--dir", "D", "--dry-run", "--check-only"],
+        ["--dir", "D", "--bogus"],
     ],
 )
-def test_usage_errors_exit_2_and_touch_nothing(args):  # type: ignore[no-untyped-def]
-    p = run(*args, check_rc=2)
+def test_usage_errors_exit_2_and_touch_nothing(tmp_path, args):  # type: ignore[no-untyped-def]
+    """Each in a directory of its own holding a capture, an old tmp and a marked file: nothing
+    in it changes."""
+    (tmp_path / "x.pcap").write_bytes(capture())
+    (tmp_path / "y.pcap.tmp").write_bytes(b"stale")
+    age(tmp_path / "y.pcap.tmp", 3600)
+    (tmp_path / ".slim_markers").mkdir()
+    (tmp_path / ".slim_markers" / "z.pcap").touch()
+    before = listing(tmp_path)
+    p = run(*[a.replace("D", str(tmp_path)) for a in args], check_rc=2)
     assert p.stdout == ""
     assert "Usage" in p.stderr or "Error" in p.stderr
+    assert listing(tmp_path) == before
 
 
 # --- --single -------------------------------------------------------------------------------
@@ -155,7 +175,7 @@ def test_single_slims_in_place_and_writes_the_marker_last(tmp_path):  # type: ig
     data = capture()
     f.write_bytes(data)
     p = run("--single", f, check_rc=0)
-    assert f.read_bytes() == expected_slim(tmp_path, data)
+    assert f.read_bytes() == expected_slim(data)
     lines = p.stderr.strip().splitlines()
     m = OK_LINE.match(lines[0])
     assert m and m.group(1) == str(f)
@@ -202,33 +222,75 @@ def test_json_report_has_every_key_of_the_native_tool(tmp_path):  # type: ignore
     }
     assert entry["status"] == "ok" and entry["format"] == "pcap"
     assert set(entry["truncated_by"]) == {"tls", "tls_other_port", "ssh", "quic", "ipsec"}
-    assert sum(entry["truncated_by"].values()) == entry["truncated"]
-    assert entry["kept"] + entry["truncated"] == entry["in_pkts"] == 2065
-    assert entry["linktypes"] == {"1": 2065}
-    assert entry["in_bytes"] == SAMPLE.stat().st_size and entry["out_bytes"] == f.stat().st_size
-    assert entry["tail_bytes"] == 0
+    twin = naive.slim_bytes(SAMPLE.read_bytes())
+    assert twin.packets == SAMPLE_PACKETS
+    assert entry["kept"] + entry["truncated"] == entry["in_pkts"] == twin.packets
+    assert entry["truncated_by"] == {**dict.fromkeys(entry["truncated_by"], 0), **twin.categories}
+    assert entry["truncated"] == sum(twin.categories.values())
+    assert entry["linktypes"] == {"1": SAMPLE_PACKETS}  # the sample is Ethernet throughout
+    assert entry["in_bytes"] == SAMPLE.stat().st_size
+    assert entry["out_bytes"] == f.stat().st_size == len(twin.data)
+    assert f.read_bytes() == twin.data
+    assert entry["tail_bytes"] == twin.tail == 0
     assert p.stderr == ""
 
 
-def test_owner_mode_and_times_survive(tmp_path):  # type: ignore[no-untyped-def]
-    f = tmp_path / "o.pcap"
-    f.write_bytes(capture())
+def _times_and_mode(f: Path) -> None:
     os.chmod(f, 0o640)
-    if os.geteuid() == 0:
-        os.chown(f, 1234, 5678)
     os.utime(f, ns=(1_600_000_000_123_456_789, 1_600_000_100_987_654_321))
-    before = f.stat()
-    run("--single", f, check_rc=0)
-    after = f.stat()
+
+
+def _kept_what_it_had(before: os.stat_result, after: os.stat_result) -> None:
     assert after.st_ino != before.st_ino  # replaced by rename
     assert after.st_size < before.st_size
-    assert (after.st_mode, after.st_uid, after.st_gid) == (
-        before.st_mode,
-        before.st_uid,
-        before.st_gid,
-    )
+    assert after.st_mode == before.st_mode
     assert after.st_mtime_ns == 1_600_000_100_987_654_321
     assert after.st_atime_ns == 1_600_000_000_123_456_789
+
+
+def test_owner_group_mode_and_times_survive_a_run_as_root(tmp_path):  # type: ignore[no-untyped-def]
+    """The file belongs to another account and one of its groups: root gives the slim copy
+    the same owner and group."""
+    with temporary_account() as acct:
+        f = tmp_path / "o.pcap"
+        f.write_bytes(capture())
+        os.chown(f, acct.uid, acct.extra_gid)
+        _times_and_mode(f)
+        before = f.stat()
+        run("--single", f, check_rc=0)
+        after = f.stat()
+        _kept_what_it_had(before, after)
+        assert (after.st_uid, after.st_gid) == (acct.uid, acct.extra_gid) != (0, 0)
+
+
+def test_an_unprivileged_run_keeps_owner_and_the_groups_it_may_give(tmp_path):  # type: ignore[no-untyped-def]
+    """Run as an ordinary account on its own files: a file in one of its other groups keeps
+    that group; a file in a group it is not in (root's) is slimmed all the same and gets the
+    account's own group, the one thing it is not permitted to give (SPEC §5 step 4)."""
+    with temporary_account() as acct:
+        d = acct.directory()
+        try:
+            for name, gid in (("member.pcap", acct.extra_gid), ("foreign.pcap", 0)):
+                f = d / name
+                f.write_bytes(capture())
+                os.chown(f, acct.uid, gid)
+                _times_and_mode(f)
+            before = {n: (d / n).stat() for n in ("member.pcap", "foreign.pcap")}
+            p = subprocess.run(
+                acct.command(sys.executable, "-m", "pcapslim", "--dir", str(d), "--output", "json"),
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert p.returncode == 0, p.stderr
+            assert [e["status"] for e in json.loads(p.stdout)["files"]] == ["ok", "ok"]
+            member, foreign = (d / "member.pcap").stat(), (d / "foreign.pcap").stat()
+            _kept_what_it_had(before["member.pcap"], member)
+            _kept_what_it_had(before["foreign.pcap"], foreign)
+            assert (member.st_uid, member.st_gid) == (acct.uid, acct.extra_gid)
+            assert (foreign.st_uid, foreign.st_gid) == (acct.uid, acct.gid)
+            marker = d / ".slim_markers" / "member.pcap"
+            assert (marker.stat().st_uid, marker.parent.stat().st_uid) == (acct.uid, acct.uid)
+        finally:
+            shutil.rmtree(d)
 
 
 def test_unknown_file_fails_with_the_original_untouched(tmp_path):  # type: ignore[no-untyped-def]
@@ -271,10 +333,33 @@ def _populate(d: Path) -> dict[str, bytes]:
     return files
 
 
+def expected_listing(
+    before: dict[str, tuple[int, int, bytes]], slimmed: dict[str, bytes]
+) -> dict[str, tuple[int, int, bytes]]:
+    """The listing after a run that slimmed (and marked) exactly `slimmed`: nothing else new,
+    gone or changed."""
+    after = dict(before)
+    for name, data in slimmed.items():
+        after[name] = (before[name][0], len(data), data)
+        after[f".slim_markers/{name}"] = (0o100644, 0, b"")
+    if slimmed:
+        after[".slim_markers"] = (0o40755, after.get(".slim_markers", (0, 0, b""))[1], b"")
+    return after
+
+
+def _same_listing(d: Path, expected: dict[str, tuple[int, int, bytes]]) -> None:
+    got = listing(d)
+    if ".slim_markers" in got:  # a directory's size is the file system's business
+        got[".slim_markers"] = (got[".slim_markers"][0], expected[".slim_markers"][1], b"")
+    assert got == expected
+
+
 def test_dir_slims_every_pending_file_oldest_first_and_fails_only_the_bad_one(tmp_path):  # type: ignore[no-untyped-def]
     files = _populate(tmp_path)
-    expected = {n: expected_slim(tmp_path, d) for n, d in files.items() if n != "d_bad.pcap"}
+    before = listing(tmp_path)
+    expected = {n: expected_slim(d) for n, d in files.items() if n != "d_bad.pcap"}
     p = run("--dir", tmp_path, "--output", "json", check_rc=1)
+    _same_listing(tmp_path, expected_listing(before, expected))
     doc = json.loads(p.stdout)
     names = [Path(e["file"]).name for e in doc["files"]]
     assert names == ["a_old.pcap", "b_ns_be.pcap", "c.pcapng", "d_bad.pcap", "e.pcap"]
@@ -298,8 +383,11 @@ def test_dir_slims_every_pending_file_oldest_first_and_fails_only_the_bad_one(tm
 
 
 def test_dir_human_report(tmp_path):  # type: ignore[no-untyped-def]
-    _populate(tmp_path)
+    files = _populate(tmp_path)
+    before = listing(tmp_path)
     p = run("--dir", tmp_path, "--workers", "2", check_rc=1)
+    slimmed = {n: expected_slim(d) for n, d in files.items() if n != "d_bad.pcap"}
+    _same_listing(tmp_path, expected_listing(before, slimmed))
     lines = p.stderr.strip().splitlines()
     assert [OK_LINE.match(x) is not None for x in lines[:-1]] == [True, True, True, False, True]
     assert lines[3].startswith(f"FAIL {tmp_path / 'd_bad.pcap'}: ")
@@ -311,11 +399,12 @@ def test_age_filter_leaves_young_files_out(tmp_path):  # type: ignore[no-untyped
     (tmp_path / "old.pcap").write_bytes(capture())
     (tmp_path / "young.pcap").write_bytes(capture())
     age(tmp_path / "old.pcap", 600)
+    before = listing(tmp_path)
     doc = json.loads(
         run("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout
     )
     assert [Path(e["file"]).name for e in doc["files"]] == ["old.pcap"]
-    assert (tmp_path / "young.pcap").read_bytes() == capture()
+    _same_listing(tmp_path, expected_listing(before, {"old.pcap": expected_slim(capture())}))
 
 
 def test_stale_tmp_is_cleaned_and_a_fresh_one_means_busy(tmp_path):  # type: ignore[no-untyped-def]
@@ -347,7 +436,7 @@ def test_stale_tmp_is_cleaned_and_a_fresh_one_means_busy(tmp_path):  # type: ign
 
 def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-def]
     _populate(tmp_path)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
+    before = listing(tmp_path)
     p = run("--dir", tmp_path, "--dry-run", "--output", "json", check_rc=0)
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert [Path(x["file"]).name for x in lines] == [
@@ -360,8 +449,7 @@ def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-
     assert {x["status"] for x in lines} == {"would_slim"}
     h = run("--dir", tmp_path, "--dry-run", check_rc=0)
     assert h.stderr.splitlines()[0] == f"would slim: {tmp_path / 'a_old.pcap'}"
-    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()}
-    assert after == before and not (tmp_path / ".slim_markers").exists()
+    assert listing(tmp_path) == before
 
 
 def test_check_only_reports_the_numbers_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-def]
@@ -397,7 +485,7 @@ def test_mmap_and_buffered_reads_give_the_same_file(tmp_path, flag):  # type: ig
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
     run("--single", f, flag, check_rc=0)
-    assert f.read_bytes() == expected_slim(tmp_path, SAMPLE.read_bytes())
+    assert f.read_bytes() == expected_slim(SAMPLE.read_bytes())
 
 
 def test_unreadable_directory_exits_1(tmp_path):  # type: ignore[no-untyped-def]
@@ -416,31 +504,59 @@ def test_progress_bars_render_when_asked(tmp_path):  # type: ignore[no-untyped-d
     assert "all files" not in run("--single", f, "--no-progress", check_rc=0).stderr
 
 
-def test_marker_belongs_to_the_sensor_account_when_it_exists(tmp_path):  # type: ignore[no-untyped-def]
-    import pwd
-
-    f = tmp_path / "o.pcap"
-    f.write_bytes(capture())
-    nobody = pwd.getpwnam("nobody")
+def _marker_owner(f: Path, env: dict[str, str] | None = None) -> tuple[int, int, int]:
+    """Slim f as root; (uid, gid) of its marker and uid of the marker directory."""
     p = subprocess.run(
         [sys.executable, "-m", "pcapslim", "--single", str(f)],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PCAPSLIM_MARKER_OWNER": "nobody"},
+        env={k: v for k, v in os.environ.items() if k != "PCAPSLIM_MARKER_OWNER"} | (env or {}),
     )
     assert p.returncode == 0, p.stderr
-    marker = tmp_path / ".slim_markers" / "o.pcap"
-    assert (marker.stat().st_uid, marker.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
-    assert marker.parent.stat().st_uid == nobody.pw_uid
-    g = tmp_path / "g.pcap"
-    g.write_bytes(capture())
-    run("--single", g, check_rc=0)  # no account named "sensor" here: the running user's
-    if os.environ.get("PCAPSLIM_MARKER_OWNER") is None:
+    marker = f.parent / ".slim_markers" / f.name
+    return marker.stat().st_uid, marker.stat().st_gid, marker.parent.stat().st_uid
+
+
+def test_markers_belong_to_sensor_when_that_account_exists(tmp_path):  # type: ignore[no-untyped-def]
+    with sensor_account() as (uid, gid):
+        f = tmp_path / "s.pcap"
+        f.write_bytes(capture())
+        assert _marker_owner(f) == (uid, gid, uid)
+        assert uid != os.geteuid()
+
+
+def test_markers_belong_to_the_account_the_environment_names(tmp_path):  # type: ignore[no-untyped-def]
+    with temporary_account() as acct:
+        f = tmp_path / "o.pcap"
+        f.write_bytes(capture())
+        env = {"PCAPSLIM_MARKER_OWNER": acct.name}
+        assert _marker_owner(f, env) == (acct.uid, acct.gid, acct.uid)
+
+
+def test_markers_belong_to_the_running_user_without_such_an_account(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "g.pcap"
+    f.write_bytes(capture())
+    env = {"PCAPSLIM_MARKER_OWNER": "pcapslim-no-such-account"}
+    assert _marker_owner(f, env) == (os.geteuid(), os.getegid(), os.geteuid())
+
+
+def test_an_unprivileged_run_owns_its_markers_even_with_a_sensor_account(tmp_path):  # type: ignore[no-untyped-def]
+    with sensor_account() as (sensor_uid, _), temporary_account() as acct:
+        d = acct.directory()
         try:
-            pwd.getpwnam("sensor")
-        except KeyError:
-            assert (tmp_path / ".slim_markers" / "g.pcap").stat().st_uid == os.geteuid()
+            f = d / "u.pcap"
+            f.write_bytes(capture())
+            os.chown(f, acct.uid, acct.gid)
+            p = subprocess.run(
+                acct.command(sys.executable, "-m", "pcapslim", "--single", str(f)),
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert p.returncode == 0, p.stderr
+            marker = d / ".slim_markers" / "u.pcap"
+            assert marker.stat().st_uid == acct.uid != sensor_uid
+        finally:
+            shutil.rmtree(d)
 
 
 def test_forensic_rules_on_the_command_line(tmp_path):  # type: ignore[no-untyped-def]
@@ -454,8 +570,15 @@ def test_forensic_rules_on_the_command_line(tmp_path):  # type: ignore[no-untype
     assert check["summary"]["rules"] == "forensic" and check["files"][0]["rules"] == "forensic"
     default = json.loads(run("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
     assert default["summary"]["rules"] == "compatible"
-    # the sample's one HTTP segment starting with 0x17 is cleartext: kept by the forensic rules
-    assert default["files"][0]["truncated_by"]["tls_other_port"] == 1
-    assert check["files"][0]["truncated_by"]["tls_other_port"] == 0
+    data = SAMPLE.read_bytes()
+    compatible, forensic = naive.slim_bytes(data), naive.slim_bytes(data, Forensic().decide)
+    zeros = dict.fromkeys(default["files"][0]["truncated_by"], 0)
+    assert default["files"][0]["truncated_by"] == {**zeros, **compatible.categories}
+    assert check["files"][0]["truncated_by"] == {**zeros, **forensic.categories}
+    # the sample's one HTTP segment that starts with 0x17 is cleartext: the default rules cut
+    # it, the forensic ones keep it (the twins agree on this, by their own reading)
+    assert compatible.categories["tls_other_port"] == 1
+    assert "tls_other_port" not in forensic.categories
     run("--single", f, "--rules", "forensic", check_rc=0)
+    assert f.read_bytes() == forensic.data
     assert f.stat().st_size == check["files"][0]["out_bytes"]

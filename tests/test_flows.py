@@ -11,7 +11,18 @@ import pytest
 import randframes
 
 from pcapslim import analyze_file, synth
-from pcapslim.constants import CATEGORY_NAMES, P_A0, P_APORT, P_B0, P_BPORT, P_PROTO, P_TS_NS, P_VER
+from pcapslim.constants import (
+    CATEGORY_NAMES,
+    P_A0,
+    P_APORT,
+    P_B0,
+    P_BPORT,
+    P_LINK,
+    P_PROTO,
+    P_TS_NS,
+    P_VER,
+    PCAPNG_SPB,
+)
 from pcapslim.flows import flow_table, packet_table
 
 pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
@@ -36,6 +47,37 @@ def test_flow_keys_match_the_naive_twin(tmp_path, link):  # type: ignore[no-unty
     assert len(rows) == len(frames) == stats.in_pkts
     for i, (row, frame) in enumerate(zip(rows, frames)):
         assert _key_of_row(row) == naive.flow_key(frame, link), f"packet {i + 1}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pcapng_flow_keys_match_the_naive_twin_across_sections(tmp_path, seed):  # type: ignore[no-untyped-def]
+    """Several sections in both byte orders, each describing its own interfaces: every packet's
+    key comes from its own section's interface, simple packet blocks from interface 0's."""
+    r = random.Random(70 + seed)
+    data, expected = b"", []
+    for _ in range(r.randrange(2, 5)):
+        le = r.random() < 0.5
+        o = "<" if le else ">"
+        links = [r.choice(randframes.ALL_LINKS) for _ in range(r.randrange(1, 4))]
+        blocks = [synth.pcapng_idb(link, 262144, le) for link in links]
+        for i in range(r.randrange(50, 400)):
+            if r.random() < 0.9:
+                iface = r.randrange(len(links))
+                frame = randframes.frame(r, links[iface])
+                blocks.append(synth.pcapng_epb(synth.Record(frame, ts=i, iface=iface), le))
+                expected.append((links[iface], naive.flow_key(frame, links[iface])))
+            else:
+                frame = randframes.frame(r, links[0])
+                body = struct.pack(o + "I", len(frame)) + frame
+                blocks.append(synth.pcapng_block(PCAPNG_SPB, body, le))
+                expected.append((links[0], naive.flow_key(frame, links[0])))
+        data += synth.pcapng_shb(le) + b"".join(blocks)
+    f = tmp_path / "k.pcapng"
+    f.write_bytes(data)
+    rows, stats = packet_table(f)
+    assert len(rows) == len(expected) == stats.in_pkts
+    for i, (row, (link, key)) in enumerate(zip(rows, expected)):
+        assert (int(row[P_LINK]), _key_of_row(row)) == (link, key), f"packet {i + 1}"
 
 
 def test_totals_equal_the_analyzer(tmp_path):  # type: ignore[no-untyped-def]

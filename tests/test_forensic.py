@@ -3,28 +3,174 @@ the default rules untouched by them."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import flowgen
 import naive
 import pytest
+import randframes
 from engine_io import slim_with_engine
-from naive_forensic import Forensic
+from naive_forensic import EVENTS, Forensic
 
 from pcapslim import analyze_file, slim_file, synth
+from pcapslim.constants import FLOW_PROBES, FLOW_SLOTS
 
 pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
 
 
 def _expected(frames: list[bytes]) -> tuple[bytes, dict[str, int]]:
-    twin = Forensic()
-    recs, cats = [], {}
-    for i, f in enumerate(frames):
-        v = twin.decide(f, 1)
-        if v.category:
-            cats[v.category] = cats.get(v.category, 0) + 1
-        recs.append(synth.Record(v.frame, ts=i, orig_len=len(f)))
-    return synth.pcap_bytes(recs), cats
+    data = synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)])
+    twin = naive.slim_bytes(data, Forensic().decide)
+    return twin.data, twin.categories
+
+
+# every sliced link type; Ethernet twice as often, as on sensors
+FORENSIC_LINKS = (1, 1, 113, 276, 101, 12, 14, 228, 229, 0, 108)
+
+
+def _frame(r: random.Random, packet: bytes, link: int) -> synth.Record:
+    """The packet in a random frame of `link` (tags, MPLS, trailers as randframes makes them);
+    one in ten cut short by the snaplen, often inside its payload."""
+    etype = 0x0800 if packet[0] >> 4 == 4 else 0x86DD
+    frame = randframes.link_frame(r, packet, link, etype)
+    orig = len(frame)
+    if r.random() < 0.1:
+        frame = frame[: r.randrange(min(40, orig), orig + 1)]
+    return synth.Record(frame, orig_len=orig)
+
+
+def forensic_capture(seed: int, fmt: str) -> bytes:
+    """Random conversations (TLS, SSH, cleartext, QUIC, IKE; IPv4 options and IPv6 extension
+    headers) in one classic pcap of one link type, or in pcapng sections of either byte order
+    whose interfaces have several link types."""
+    r = random.Random(seed)
+    packets = flowgen.capture_packets(seed, conversations=60, datagrams=120, shaped=True)
+    if fmt == "pcap":
+        link = r.choice(FORENSIC_LINKS)
+        recs = []
+        for i, p in enumerate(packets):
+            rec = _frame(r, p, link)
+            rec.ts, rec.frac = 1_700_000_000 + i, i
+            recs.append(rec)
+        le, ns = r.random() < 0.5, r.random() < 0.5
+        return synth.pcap_bytes(recs, link, little_endian=le, nanosecond=ns)
+    out, i = b"", 0
+    while i < len(packets):
+        links = [r.choice(FORENSIC_LINKS) for _ in range(r.randrange(1, 4))]
+        recs = []
+        for p in packets[i : i + r.randrange(50, 400)]:
+            iface = r.randrange(len(links))
+            rec = _frame(r, p, links[iface])
+            rec.ts, rec.iface = i, iface
+            recs.append(rec)
+            i += 1
+        out += synth.pcapng_bytes(recs, links, little_endian=r.random() < 0.5)
+    return out
+
+
+def _assert_same_output(out: bytes, expected: bytes) -> None:
+    if out == expected:
+        return
+    from capfile import read_records
+
+    for i, (g, e) in enumerate(zip(read_records(out), read_records(expected))):
+        assert (g.header, g.frame) == (e.header, e.frame), f"record {i + 1} differs"
+    raise AssertionError("files differ outside the records")
+
+
+TABLES = [(FLOW_SLOTS, FLOW_PROBES), (64, 4)]
+
+
+@pytest.mark.parametrize("slots,probes", TABLES, ids=["table-262144x16", "table-64x4"])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("seed", range(4))
+def test_forensic_kernel_matches_the_twin_on_every_format_and_link(  # type: ignore[no-untyped-def]
+    tmp_path, seed, fmt, slots, probes
+):
+    """The bounded table as the command sizes it, and one so small that directions keep
+    taking each other's slots: the twin follows the same policy, so every takeover must fall
+    on the same direction at the same packet."""
+    data = forensic_capture(100 + seed, fmt)
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(data)
+    twin = Forensic(slots, probes)
+    expected = naive.slim_bytes(data, twin.decide)
+    stats = slim_with_engine(src, dst, rules="forensic", flow_slots=slots, flow_probes=probes)
+    _assert_same_output(dst.read_bytes(), expected.data)
+    assert stats.in_pkts == expected.packets
+    assert {k: v for k, v in stats.truncated_by.items() if v} == expected.categories
+    assert stats.tail_bytes == expected.tail == 0
+    if slots == 64:
+        assert twin.table.taken_over > 100, twin.table.taken_over
+    else:
+        assert twin.table.taken_over == 0
+
+
+def test_the_forensic_captures_reach_the_hard_cases():  # type: ignore[no-untyped-def]
+    """What the differential above is meant to cover does occur in its inputs."""
+    from capfile import read_records
+
+    EVENTS.clear()
+    links, cut, v4_options, v6_ext = set(), 0, 0, 0
+    for seed in range(4):
+        for fmt in ("pcap", "pcapng"):
+            data = forensic_capture(100 + seed, fmt)
+            naive.slim_bytes(data, Forensic().decide)
+            for rec in read_records(data):
+                links.add(rec.link)
+                cut += len(rec.frame) < rec.orig_len
+                net = naive.network(rec.frame, rec.link)
+                if net is not None and net.version == 4:
+                    v4_options += (rec.frame[net.ip] & 0x0F) > 5
+                elif net is not None and net.l4 is not None:
+                    v6_ext += net.l4 - net.ip > 40
+    assert links == set(FORENSIC_LINKS), links
+    assert cut > 200 and v4_options > 200 and v6_ext > 200, (cut, v4_options, v6_ext)
+    assert EVENTS["tls_header_not_captured"] >= 5, EVENTS
+    assert EVENTS["ssh_header_not_captured"] >= 2, EVENTS
+
+
+def test_a_stream_whose_slot_was_taken_over_starts_again(tmp_path):  # type: ignore[no-untyped-def]
+    """SPEC §8: state is bounded and changes only whether a packet is cut. A direction that
+    lost its slot is a new stream: its next segments fall back to the per-packet rules until
+    one starts with a plausible record header, from where it is followed again.
+
+    A handshake record of 2,000 bytes spans segments 1 and 2; another connection's packet
+    comes between them; record 2 (application data, 3,000 bytes) starts segment 3 and goes on
+    in segment 4, whose first byte happens to be 0x16. By hand, with room for both directions
+    and with one slot:"""
+    handshake = b"\x16\x03\x03" + struct.pack("!H", 2000) + bytes([0x30]) * 2000
+    app = b"\x17\x03\x03" + struct.pack("!H", 3000) + bytes([0x16]) * 3000
+    seg = [handshake[:1000], handshake[1000:], app[:1500], app[1500:]]
+    seqs = [1000, 2000, 3005, 4505]
+    frames = [_tcp(443, 40000, q, s) for q, s in zip(seqs[:1], seg[:1])]
+    other = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 4), 6))
+    frames += [other] + [_tcp(443, 40000, q, s) for q, s in zip(seqs[1:], seg[1:])]
+    src = tmp_path / "t.pcap"
+    src.write_bytes(synth.pcap_bytes([synth.Record(f) for f in frames]))
+
+    def categories(slots: int, probes: int) -> list[str | None]:
+        slim_with_engine(
+            src, tmp_path / "o", rules="forensic", flow_slots=slots, flow_probes=probes
+        )
+        return [len(f) < len(g) and "cut" or None for f, g in zip(_frames(tmp_path / "o"), frames)]
+
+    #       seg 1 (handshake), other, seg 2 (handshake rest), seg 3 (app), seg 4 (app rest)
+    assert categories(FLOW_SLOTS, FLOW_PROBES) == [None, None, None, "cut", "cut"]
+    # seg 2 starts with 0x30 on port 443: cut by the per-packet rule; seg 3 starts a record
+    # and is followed; seg 4 is known to be application data although it starts with 0x16
+    assert categories(1, 1) == [None, None, "cut", "cut", "cut"]
+    twin = Forensic(1, 1)
+    data = synth.pcap_bytes([synth.Record(f) for f in frames])
+    assert naive.slim_bytes(data, twin.decide).categories == {"tls": 3}
+    assert twin.table.taken_over == 2  # the other connection's direction, then ours again
+
+
+def _frames(path):  # type: ignore[no-untyped-def]
+    from capfile import read_records
+
+    return [r.frame for r in read_records(path.read_bytes())]
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -1,73 +1,142 @@
-"""The flow statistics notebook, executed end to end; its totals equal the command's."""
+"""The flow statistics notebook, executed end to end; what its own cells print and show is
+checked against the naive twin (tests/naive.py), which decides and keys every packet of the
+capture by its own reading of the spec."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
-import subprocess
-import sys
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import naive
 import nbclient
 import nbformat
+from capfile import read_records
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "flow_stats.ipynb"
 SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
+SAMPLE_PACKETS = 2065  # as the sample's own README counts them
+
+# Appended to the notebook: what its cells computed and showed, as JSON.
+SHOW = """
+import json as _json
+_shown = {
+    "flows": flows.to_dict("records"),
+    "top": flows[columns].head(TOP_FLOWS).to_dict("records"),
+    "by_protocol": by_protocol.to_dict("index"),
+    "by_category": by_category.to_dict("index"),
+    "saved_over_time": int(saved.sum()),
+}
+print("SHOWN " + _json.dumps(_shown, default=str))
+"""
 
 
-def _execute(env_capture: Path | None = None):  # type: ignore[no-untyped-def]
+def _execute(capture: Path | None = None) -> Any:
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    if env_capture is not None:  # set the path in the first code cell, as an analyst would
+    if capture is not None:  # set the path in the first code cell, as an analyst would
         first = next(c for c in nb.cells if c.cell_type == "code")
-        first.source = first.source.replace("CAPTURE = None", f"CAPTURE = {str(env_capture)!r}")
+        first.source = first.source.replace("CAPTURE = None", f"CAPTURE = {str(capture)!r}")
+    nb.cells.append(nbformat.v4.new_code_cell(SHOW))
     client = nbclient.NotebookClient(
-        nb,
-        timeout=600,
-        kernel_name="python3",
+        nb, timeout=600, kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )
+    )  # fmt: skip
     client.execute()  # raises CellExecutionError when any cell fails
     return nb
 
 
-def _totals(nb) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def _printed(nb: Any, prefix: str) -> str:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream" and out["text"].startswith('{"in_pkts"'):
-                return json.loads(out["text"].splitlines()[0])
-    raise AssertionError("the notebook printed no totals")
+            if out.get("output_type") == "stream":
+                for line in out["text"].splitlines():
+                    if line.startswith(prefix):
+                        return line
+    raise AssertionError(f"the notebook printed no line starting {prefix!r}")
 
 
-def _check_only(path: Path) -> dict:  # type: ignore[type-arg]
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pcapslim",
-            "--single",
-            str(path),
-            "--check-only",
-            "--output",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+def _displayed_text(nb: Any, source_start: str) -> str:
+    cell = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(source_start))
+    return "".join(
+        o["data"]["text/plain"] for o in cell.outputs if "text/plain" in o.get("data", {})
     )
-    return json.loads(p.stdout)["files"][0]
 
 
-def _images(nb) -> int:  # type: ignore[no-untyped-def]
+def _images(nb: Any) -> int:
     return sum("image/png" in out.get("data", {}) for c in nb.cells for out in c.get("outputs", []))
 
 
-def test_notebook_runs_on_the_bundled_sample_and_matches_check_only():  # type: ignore[no-untyped-def]
+def _address(raw: bytes, version: int) -> str:
+    if version == 4:
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw)) if version == 6 else ""
+
+
+def twin_flows(data: bytes) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Per bidirectional flow, by the twin: packets, cut packets, bytes before and after."""
+    flows: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for rec in read_records(data):
+        version, _, (a, pa), (b, pb) = naive.flow_key(rec.frame, rec.link)
+        verdict = naive.decide(rec.frame, rec.link)
+        f = flows[(_address(a, version), pa, _address(b, version), pb)]
+        f["packets"] += 1
+        f["truncated"] += verdict.category is not None
+        f["bytes_before"] += len(rec.frame)
+        f["bytes_after"] += len(verdict.frame)
+        f[verdict.category or "kept"] += len(rec.frame) - len(verdict.frame)
+    return flows
+
+
+def _check_against_the_twin(nb: Any, data: bytes) -> dict[str, Any]:
+    twin = naive.slim_bytes(data)
+    totals = json.loads(_printed(nb, '{"in_pkts"'))
+    assert totals["in_pkts"] == twin.packets
+    assert totals["truncated"] == sum(twin.categories.values())
+    assert {k: v for k, v in totals["truncated_by"].items() if v} == twin.categories
+    assert totals["in_bytes"] == len(data) and totals["out_bytes"] == len(twin.data)
+    assert totals["tail_bytes"] == twin.tail
+
+    shown = json.loads(_printed(nb, "SHOWN ")[len("SHOWN ") :])
+    expected = twin_flows(data)
+    got = {
+        (f["address_a"], f["port_a"], f["address_b"], f["port_b"]): {
+            k: f[k] for k in ("packets", "truncated", "bytes_before", "bytes_after")
+        }
+        for f in shown["flows"]
+    }
+    assert got == {
+        k: {n: v[n] for n in ("packets", "truncated", "bytes_before", "bytes_after")}
+        for k, v in expected.items()
+    }
+    saved = sorted((v["bytes_before"] - v["bytes_after"] for v in expected.values()), reverse=True)
+    top = shown["top"]
+    assert [t["bytes_saved"] for t in top] == saved[: len(top)]  # the largest savings first
+    table = _displayed_text(nb, "columns = ")
+    for t in top[:5]:  # what the analyst sees: the top rows' endpoints and savings
+        assert t["address_a"] in table and str(t["bytes_saved"]) in table
+    by_category: dict[str, int] = defaultdict(int)
+    for v in expected.values():
+        for name in ("kept", *naive_categories()):
+            by_category[name] += v.get(name, 0)
+    shown_saved = {
+        name: row["bytes_before"] - row["bytes_after"] for name, row in shown["by_category"].items()
+    }
+    assert shown_saved == {k: v for k, v in by_category.items() if k in shown_saved}
+    assert shown["saved_over_time"] == sum(saved)  # every packet of the sample has a time
+    return totals
+
+
+def naive_categories() -> tuple[str, ...]:
+    return ("tls", "tls_other_port", "ssh", "quic", "ipsec")
+
+
+def test_notebook_on_the_bundled_sample_shows_what_the_twin_finds():  # type: ignore[no-untyped-def]
     nb = _execute()
-    totals = _totals(nb)
-    entry = _check_only(SAMPLE)
-    for key, value in totals.items():
-        assert entry[key] == value, key
-    assert totals["in_pkts"] == 2065
+    totals = _check_against_the_twin(nb, SAMPLE.read_bytes())
+    assert totals["in_pkts"] == SAMPLE_PACKETS
     assert _images(nb) == 3
 
 
@@ -79,8 +148,5 @@ def test_notebook_takes_a_capture_path_in_its_first_cell(tmp_path):  # type: ign
     copy = tmp_path / "copy.pcapng"
     shutil.copyfile(f, copy)
     nb = _execute(copy)
-    totals = _totals(nb)
-    entry = _check_only(f)
-    for key, value in totals.items():
-        assert entry[key] == value, key
-    assert entry["format"] == "pcapng"
+    _check_against_the_twin(nb, f.read_bytes())
+    assert json.loads(_printed(nb, '{"in_pkts"'))["in_bytes"] == f.stat().st_size

@@ -27,7 +27,8 @@ from ..constants import (
     F_OUTLEN,
     F_PAY,
     F_START,
-    FLOW_PROBES,
+    FS_CLOCK,
+    FS_PROBES,
     IKE_FLAG_ENCRYPTION,
     IKE_HDR_LEN,
     IKE_SA_INIT,
@@ -106,12 +107,12 @@ def _hash(key):
 
 
 @hot
-def _slot(table, key, clock):
+def _slot(table, key, clock, probes):
     """The slot of a direction: found, free, or the least recently used one taken over."""
     h = _hash(key)
     mask = table.shape[0] - 1  # a power of two
     oldest = -1
-    for p in range(FLOW_PROBES):
+    for p in range(probes):
         s = (h + p) & mask
         if table[s, T_USED] == 0:
             oldest = s
@@ -348,17 +349,18 @@ def ike_kept(buf, p, end, sport, dport):
 
 
 @hot
-def forensic_packet(buf, rec, i, pcapng, table, clock):
+def forensic_packet(buf, rec, i, pcapng, table, fstate):
     """Decide record i (a packet whose location fields are filled) by the forensic rules, in
     capture order: its decision, cut offsets and output size (called by the index kernels).
-    `clock` (one int64) counts packets across windows, for the LRU."""
+    `fstate` holds the clock ([FS_CLOCK]: packets decided so far, across windows, for the LRU)
+    and the number of slots probed per lookup ([FS_PROBES])."""
     caplen = rec[i, F_CAPLEN]
     data = rec[i, F_DATA]
     rec[i, F_CAT] = CAT_KEEP
     rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START]
     if not is_sliced_linktype(rec[i, F_LINK]):
         return
-    clock[0] += 1
+    fstate[FS_CLOCK] += 1
     fend = data + caplen
     ver, ip, proto, l4, ip_end, dst = parse_ip(buf, data, caplen, rec[i, F_LINK])
     if l4 < 0:
@@ -380,7 +382,8 @@ def forensic_packet(buf, rec, i, pcapng, table, clock):
     if proto == IP_PROTO_TCP:
         seg_len = ip_end - pay
         if seg_len > 0 and plen > 0:
-            s = _slot(table, _key(buf, ver, ip, sport, dport), clock[0])
+            key = _key(buf, ver, ip, sport, dport)
+            s = _slot(table, key, fstate[FS_CLOCK], fstate[FS_PROBES])
             cat = tcp_decide(buf, table, s, be32(buf, l4 + 4), pay, pend, seg_len, sport, dport)
     elif plen > KEEP_BYTES:
         if sport == PORT_QUIC or dport == PORT_QUIC:

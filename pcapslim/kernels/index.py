@@ -5,7 +5,8 @@ records in buf[start:end] and returns (records, next_pos, status, need): `need` 
 bytes from next_pos the record there needs when status is ST_NEED_MORE. With `decide` false
 they only find and check the records (the verification pass).
 
-`ftable` and `fclock` are the forensic flow state (SPEC §8), or None for the stateless rules.
+`ftable` and `fstate` are the forensic flow table and its clock and probe count (SPEC §8), or
+None for the stateless rules.
 numba compiles one specialisation for each: with None the forensic branch is pruned before
 typing, so the default rules neither compile nor run any of it.
 """
@@ -90,7 +91,7 @@ def decide_into(buf, rec, i, data, caplen, linktype, decide):
 
 
 @jit
-def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, ftable, fclock):
+def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, ftable, fstate):
     """Index classic pcap records in buf[start:end] (the 24-byte file header excluded)."""
     n = 0
     pos = start
@@ -120,7 +121,7 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, ftable, fclo
             kept = decide_into(buf, rec, n, data, caplen, linktype, decide)
             rec[n, F_OUTLEN] = PCAP_REC_HDR_LEN + kept
         else:
-            forensic_packet(buf, rec, n, False, ftable, fclock)
+            forensic_packet(buf, rec, n, False, ftable, fstate)
         rec[n, F_LE] = le
         n += 1
         pos += rlen
@@ -140,7 +141,7 @@ def _plain_row(rec, n, pos, blen, kind, link):
 
 
 @jit
-def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, fclock):
+def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, fstate):
     """Index pcapng blocks in buf[start:end]; state and interface tables carry across calls."""
     n = 0
     pos = start
@@ -225,7 +226,7 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, 
                 kept = decide_into(buf, rec, n, data, caplen, link, decide)
                 rec[n, F_OUTLEN] = blen - pad4(caplen) + pad4(kept)
             else:
-                forensic_packet(buf, rec, n, True, ftable, fclock)
+                forensic_packet(buf, rec, n, True, ftable, fstate)
             rec[n, F_LE] = le
         elif btype == PCAPNG_EPB or btype == PCAPNG_OPB:
             link = if_link[iface] if iface < state[S_IFACES] else -1
