@@ -37,7 +37,7 @@ def read_records(data: bytes) -> list[Rec]:
             order = "<" if data[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
             links = []
         btype, blen = struct.unpack(order + "II", data[pos : pos + 8])
-        if pos + blen > len(data):
+        if blen < 12 or pos + blen > len(data):
             break
         block = data[pos : pos + blen]
         if btype == 1:
