@@ -18,9 +18,12 @@ import typer
 from . import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rich.progress import TaskID
 
     from .coordinator import FileResult, Job
+    from .metrics import Metrics
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -110,6 +113,26 @@ def slim(
             help="Progress bars on stderr (default: on a terminal with human output).",
         ),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", help="--dir only: keep running, slimming each capture once it is eligible."
+        ),
+    ] = False,
+    rescan_seconds: Annotated[
+        float,
+        typer.Option(min=1, help="--watch: look through the directory this often as well."),
+    ] = 60.0,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(help="Write Prometheus metrics here (node_exporter textfile format)."),
+    ] = None,
+    offset_map: Annotated[
+        bool,
+        typer.Option(
+            "--offset-map", help="Write each file's old-to-new record offsets beside its marker."
+        ),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -124,6 +147,14 @@ def slim(
         raise _usage("--dry-run and --check-only exclude each other")
     if single is not None and age_minutes:
         raise _usage("--age-minutes applies to --dir only")
+    if watch and dir is None:
+        raise _usage("--watch applies to --dir only")
+    if watch and (dry_run or check_only):
+        raise _usage("--watch slims files; it excludes --dry-run and --check-only")
+    if offset_map and (dry_run or check_only):
+        raise _usage(
+            "--offset-map is written when files are slimmed, not with --dry-run or --check-only"
+        )
     use_mmap = True if mmap else False if no_mmap else workers <= MMAP_MAX_WORKERS
     show_progress = (
         (sys.stderr.isatty() and output is Output.human) if progress is None else progress
@@ -144,7 +175,11 @@ def slim(
         cpu_backoff_strength=cpu_backoff_strength,
         use_mmap=use_mmap,
         rules=rules.value,
-        show_progress=show_progress,
+        show_progress=show_progress and not watch,
+        watch=watch,
+        rescan_seconds=rescan_seconds,
+        metrics_file=metrics_file,
+        offset_map=offset_map,
     )
     raise typer.Exit(code)
 
@@ -170,14 +205,21 @@ def _run(
     use_mmap: bool,
     rules: str,
     show_progress: bool,
+    watch: bool = False,
+    rescan_seconds: float = 60.0,
+    metrics_file: Path | None = None,
+    offset_map: bool = False,
 ) -> int:
+    from .shutdown import Shutdown
     from .throttle import CpuThrottle, IoThrottle
 
     t0 = time.perf_counter()
+    shutdown = Shutdown()
+    shutdown.install()
     # the throttles start before the engine loads, so loading it is charged to the CPU budget
-    io = IoThrottle(max_io_mbps) if max_io_mbps else None
+    io = IoThrottle(max_io_mbps, sleep=shutdown.sleep) if max_io_mbps else None
     cpu = (
-        CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength)
+        CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength, shutdown.sleep)
         if max_cpu_percent is not None or cpu_backoff_above is not None
         else None
     )
@@ -197,6 +239,35 @@ def _run(
         )
     from . import coordinator as co
     from . import report
+    from .errors import PcapslimError
+
+    metrics = None
+    try:
+        if watch:
+            from . import watch as watching
+
+            watching.require()
+        if metrics_file is not None:
+            from . import metrics as m
+
+            m.require()
+            metrics = m.Metrics(metrics_file)
+            metrics.write()
+    except (PcapslimError, OSError) as e:
+        _err(f"pcap-slim: {e}")
+        return EXIT_USAGE if isinstance(e, PcapslimError) else EXIT_FAIL
+    job = co.Job(
+        check_only=check_only,
+        use_mmap=use_mmap,
+        io=io,
+        cpu=cpu,
+        rules=rules,
+        shutdown=shutdown,
+        offset_map=offset_map,
+    )
+    if watch:
+        assert directory is not None
+        return _watch(directory, job, workers, age_minutes, as_json, rescan_seconds, metrics, t0)
 
     if directory is not None:
         try:
@@ -229,13 +300,21 @@ def _run(
             _err(f"dry-run: {len(files)} file(s) would be slimmed")
         return EXIT_OK
 
-    job = co.Job(check_only=check_only, use_mmap=use_mmap, io=io, cpu=cpu, rules=rules)
     try:
         results = _process(
-            files, job, workers, as_json, show_progress, check_only, list_marked=directory is None
+            files,
+            job,
+            workers,
+            as_json,
+            show_progress,
+            check_only,
+            list_marked=directory is None,
+            on_result=metrics.record if metrics is not None else None,
         )
     finally:
         co.drain()
+        if metrics is not None:
+            metrics.write()
     if directory is not None:  # marked files are not listed in --dir mode
         results = [r for r in results if r.status != co.STATUS_MARKED]
     elapsed = time.perf_counter() - t0
@@ -244,6 +323,58 @@ def _run(
     else:
         _err(report.human_summary(results, elapsed, check_only))
     return EXIT_FAIL if any(r.status == co.STATUS_FAIL for r in results) else EXIT_OK
+
+
+def _watch(
+    directory: Path,
+    job: Job,
+    workers: int,
+    age_minutes: float,
+    as_json: bool,
+    rescan_seconds: float,
+    metrics: Metrics | None,
+    t0: float,
+) -> int:
+    """--watch: a line (or JSON object) per file as each finishes, a summary at the end."""
+    from . import coordinator as co
+    from . import report
+    from .sdnotify import Notifier
+    from .watch import Watcher
+
+    assert job.shutdown is not None
+
+    def on_result(r: FileResult) -> None:
+        if as_json:
+            print(report.json_line(report.file_entry(r)), flush=True)
+        else:
+            _err(report.human_line(r))
+        if metrics is not None:
+            metrics.record(r)
+
+    notifier = Notifier()
+    watcher = Watcher(
+        directory, job, workers, age_minutes, job.shutdown, on_result, notifier, rescan_seconds
+    )
+    if metrics is not None:
+        metrics.set_watching(True)
+    code = EXIT_OK
+    try:
+        watcher.run()
+    except OSError as e:
+        _err(f"FAIL {directory}: cannot watch the directory: {e.strerror or e}")
+        code = EXIT_FAIL
+    finally:
+        co.drain()
+        if metrics is not None:
+            metrics.set_watching(False)
+        notifier.close()
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        summary = report.summary(watcher.results, int(elapsed * 1000), False, job.rules)
+        print(report.json_line({"summary": summary}), flush=True)
+    else:
+        _err(report.human_summary(watcher.results, elapsed, False))
+    return code
 
 
 def _skip_blas_probe() -> None:
@@ -271,6 +402,7 @@ def _process(
     show_progress: bool,
     check_only: bool,
     list_marked: bool,
+    on_result: Callable[[FileResult], None] | None = None,
 ) -> list[FileResult]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -281,23 +413,29 @@ def _process(
     if bars is not None:
         job.on_progress = bars.update
     results: list[FileResult | None] = [None] * len(files)
+    done = [False] * len(files)
     printed = 0
 
     def emit_ready() -> None:
         nonlocal printed
-        while printed < len(results) and results[printed] is not None:
+        while printed < len(results) and (results[printed] is not None or done[printed]):
             r = results[printed]
-            assert r is not None
+            printed += 1
+            if r is None:
+                continue  # not taken: the run was stopped
             if not as_json and (list_marked or r.status != STATUS_MARKED):
                 line = report.human_line(r)
                 if bars is not None:
                     bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
                 else:
                     _err(line)
-            printed += 1
 
     def one(i: int) -> None:
-        results[i] = slim_in_place(files[i], job)
+        if job.shutdown is not None and job.shutdown.requested:
+            return  # stopping: no new file (it is not listed)
+        results[i] = r = slim_in_place(files[i], job)
+        if on_result is not None:
+            on_result(r)
         if bars is not None:
             bars.finish(str(files[i]))
 
@@ -308,8 +446,9 @@ def _process(
             max_workers=max(1, min(workers, len(files) or 1)), thread_name_prefix="pcapslim-file"
         ) as pool:
             futures = [pool.submit(one, i) for i in range(len(files))]
-            for f in futures:
+            for i, f in enumerate(futures):
                 f.result()
+                done[i] = True
                 emit_ready()
     finally:
         if bars is not None:

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .engine import FdSink, process
-from .errors import PcapslimError, PlantedPathError, SourceChangedError, VerificationError
+from .errors import (
+    Abandoned,
+    PcapslimError,
+    PlantedPathError,
+    SourceChangedError,
+    VerificationError,
+)
+from .inuse import being_written
+from .offsetmap import SUFFIX as OFFSETS_SUFFIX
+from .offsetmap import OffsetMapWriter
+from .shutdown import Shutdown
 from .stats import SlimStats
 from .throttle import CpuThrottle, IoThrottle
 
@@ -36,6 +46,7 @@ STATUS_OK = "ok"
 STATUS_MARKED = "skipped_marker"
 STATUS_BUSY = "skipped_busy"
 STATUS_FAIL = "fail"
+STATUS_ABANDONED = "abandoned"  # a stop was requested before it was finished
 
 FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
 
@@ -59,6 +70,8 @@ class Job:
     cpu: CpuThrottle | None = None
     on_progress: FileProgress | None = None
     clock: Callable[[], float] = field(default=time.time)
+    shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
+    offset_map: bool = False  # write each file's offset map beside its marker
 
 
 def marker_path(path: Path) -> Path:
@@ -91,7 +104,7 @@ def pending_files(
     directory: Path, age_minutes: float, clock: Callable[[], float] = time.time
 ) -> list[Path]:
     """Captures in `directory` (not recursive, no symlinks, old enough), oldest first; files
-    with a marker are left out."""
+    with a marker, and files some process still has open for writing, are left out."""
     now = clock()
     found: list[tuple[int, str]] = []
     with os.scandir(directory) as it:
@@ -114,7 +127,8 @@ def pending_files(
         except PlantedPathError:
             pass  # reported when the file itself is processed
         out.append(p)
-    return out
+    busy = being_written(out)
+    return [p for p in out if p not in busy]
 
 
 def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) -> list[Path]:
@@ -187,8 +201,9 @@ def _owner_ids() -> tuple[int, int] | None:
     return user.pw_uid, gid
 
 
-def write_marker(path: Path) -> None:
-    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
+def _marker_file(path: Path, name: str, mode: int = MARKER_MODE) -> int:
+    """Open (create) D/.slim_markers/NAME for writing, the directory created 0755 when needed;
+    both belong to sensor:sensor when that user exists (and we may give them away)."""
     mdir = path.parent / MARKER_DIR
     try:
         os.mkdir(mdir, MARKER_DIR_MODE)
@@ -202,10 +217,10 @@ def write_marker(path: Path) -> None:
             f"{path}: {mdir} is not a directory; remove it so markers can be written"
         )
     fd = os.open(
-        mdir / path.name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, MARKER_MODE
+        mdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode
     )
     try:
-        os.fchmod(fd, MARKER_MODE)
+        os.fchmod(fd, mode)
         owner = _owner_ids()
         if owner is not None:
             try:
@@ -214,10 +229,49 @@ def write_marker(path: Path) -> None:
                     os.chown(mdir, *owner)
             except PermissionError:
                 pass  # not root: the marker stays the running user's
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_marker(path: Path) -> None:
+    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
+    fd = _marker_file(path, path.name)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(mdir)
+    _fsync_dir(path.parent / MARKER_DIR)
+
+
+class _PendingMap:
+    """The offset map of a file being slimmed (--offset-map): streamed into
+    D/.slim_markers/NAME.offsets.tmp and renamed into place before the capture is replaced, so a
+    marked file always has the map of its last slimming."""
+
+    def __init__(self, path: Path) -> None:
+        self.final = marker_path(path).with_name(path.name + OFFSETS_SUFFIX)
+        self.tmp = self.final.with_name(self.final.name + TMP_SUFFIX)
+        self._fh = os.fdopen(_marker_file(path, self.tmp.name), "wb")
+        self.writer = OffsetMapWriter(self._fh)
+
+    def commit(self) -> None:
+        self.writer.finish()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.rename(self.tmp, self.final)
+        self.committed = True
+
+    def discard(self) -> None:
+        """The capture was not replaced: no map of a slimming that did not happen."""
+        self._fh.close()
+        for p in (self.tmp, self.final) if getattr(self, "committed", False) else (self.tmp,):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
 
 class _Accounting:
@@ -230,6 +284,8 @@ class _Accounting:
         self.report = report  # the verification pass is throttled but not shown
 
     def __call__(self, done: int, total: int) -> None:
+        if self.job.shutdown is not None:
+            self.job.shutdown.check(self.path)
         if self.job.io is not None:
             self.job.io.account(done - self.last)
         if self.job.cpu is not None:
@@ -303,6 +359,8 @@ def slim_in_place(path: Path, job: Job) -> FileResult:
             finally:
                 os.close(fd)
         return _slim_in_place(path, job)
+    except Abandoned as e:
+        return FileResult(name, STATUS_ABANDONED, error=str(e))
     except PcapslimError as e:
         return FileResult(name, STATUS_FAIL, error=str(e))
     except OSError as e:
@@ -339,11 +397,14 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
         return FileResult(name, STATUS_BUSY)
     tmp_gone = False
     src_fd = -1
+    offsets: _PendingMap | None = None
     try:
         src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         before = os.fstat(src_fd)
         if not stat.S_ISREG(before.st_mode):
             raise PcapslimError(f"{path}: not a regular file; nothing was changed")
+        if job.offset_map:
+            offsets = _PendingMap(path)
         sink = _ThrottledSink(tmp_fd, job.io)
         stats = process(
             name,
@@ -352,6 +413,7 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             on_progress=_Accounting(name, job),
             use_mmap=job.use_mmap,
             rules=job.rules,
+            offsets=offsets.writer if offsets is not None else None,
         )
         if stats.truncated == 0 and stats.out_bytes == stats.in_bytes:
             # nothing to cut (already slim, or nothing encrypted): the copy would equal the
@@ -359,17 +421,23 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             _check_unchanged(path, before)
             os.unlink(tmp)
             tmp_gone = True
+            if offsets is not None:
+                offsets.commit()
             os.close(src_fd)
             src_fd = -1
         else:
             _verify(path, tmp, tmp_fd, stats, job)
             _carry_over(tmp_fd, before)
             _check_unchanged(path, before)
+            if offsets is not None:
+                offsets.commit()
             # 6. atomic rename, directory fsync
             os.rename(tmp, path)
             tmp_gone = True
             _fsync_dir(path.parent)
     except BaseException:
+        if offsets is not None and not tmp_gone:
+            offsets.discard()
         if not tmp_gone:
             try:
                 os.unlink(tmp)

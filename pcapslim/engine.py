@@ -50,6 +50,7 @@ from .constants import (
 from .errors import CorruptCaptureError, PcapslimError
 from .formats import CaptureFormat, detect_format
 from .kernelset import KernelSet, active
+from .offsetmap import OffsetMapWriter
 from .pagecache import start_writeback
 from .source import MappedSource, Source, open_source
 from .stats import SlimStats
@@ -176,13 +177,15 @@ def process(
     rules: str = RULES_COMPATIBLE,
     flow_slots: int = FLOW_SLOTS,
     flow_probes: int = FLOW_PROBES,
+    offsets: OffsetMapWriter | None = None,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
     With decide=False nothing is cut: the records are only found and counted. `on_window` sees
     every indexed window (the buffer and its filled record-table rows) before it is copied.
     `rules` is "compatible" (SPEC §1) or "forensic" (SPEC §8); the forensic rules keep their
     state in a table of `flow_slots` directions (a power of two), probing `flow_probes` slots
-    before the least recently used one is taken over."""
+    before the least recently used one is taken over. `offsets` is fed every record's old and
+    new position."""
     if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
         raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
     if flow_slots < 1 or flow_slots & (flow_slots - 1) or not 1 <= flow_probes <= flow_slots:
@@ -203,6 +206,7 @@ def process(
         active(),
         flow_slots,
         flow_probes,
+        offsets,
     )
     with open_source(fd, use_mmap, window_bytes) as src:
         stats.in_bytes = src.size
@@ -314,6 +318,7 @@ class _Run:
     kernels: KernelSet
     flow_slots: int  # forensic direction table: rows
     flow_probes: int  # and slots probed per lookup
+    offsets: OffsetMapWriter | None  # where every record goes
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
@@ -382,6 +387,8 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             total = int(out_off[-1] + outlen[-1])
             if pcapng:
                 sections.feed(rec, n, out_pos, out_off)
+            if run.offsets is not None:
+                run.offsets.add(base + rec[:n, F_START], out_pos + out_off)
             _count(stats, rec, n, cat_counts)
             if run.on_window is not None:
                 run.on_window(buf, rec, n)

@@ -36,3 +36,8 @@ class SourceChangedError(PcapslimError):
 
 class PlantedPathError(PcapslimError):
     """Something that is not a regular file stands where the tmp file or marker must go."""
+
+
+class Abandoned(PcapslimError):
+    """The run was asked to stop (SIGTERM, SIGINT) before this file was finished; its tmp was
+    removed and the original is untouched."""

@@ -6,13 +6,20 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .coordinator import STATUS_BUSY, STATUS_FAIL, STATUS_MARKED, STATUS_OK, FileResult
+from .coordinator import (
+    STATUS_ABANDONED,
+    STATUS_BUSY,
+    STATUS_FAIL,
+    STATUS_MARKED,
+    STATUS_OK,
+    FileResult,
+)
 
 
 def counts(results: Sequence[FileResult]) -> dict[str, int]:
     return {
         "ok": sum(r.status == STATUS_OK for r in results),
-        "skip": sum(r.status in (STATUS_MARKED, STATUS_BUSY) for r in results),
+        "skip": sum(r.status in (STATUS_MARKED, STATUS_BUSY, STATUS_ABANDONED) for r in results),
         "fail": sum(r.status == STATUS_FAIL for r in results),
     }
 
@@ -28,6 +35,8 @@ def human_line(r: FileResult) -> str:
         return f"skip (marked): {r.path}"
     if r.status == STATUS_BUSY:
         return f"skip (busy): {r.path}"
+    if r.status == STATUS_ABANDONED:
+        return f"skip (stopped): {r.path}"
     reason = r.error or "failed"
     if reason.startswith(f"{r.path}: "):  # the message names the file already
         reason = reason[len(r.path) + 2 :]
@@ -49,6 +58,18 @@ def file_entry(r: FileResult) -> dict[str, Any]:
     return entry
 
 
+def summary(
+    results: Sequence[FileResult], elapsed_ms: int, check_only: bool, rules: str
+) -> dict[str, Any]:
+    doc: dict[str, Any] = dict(counts(results))
+    doc.update({"elapsed_ms": elapsed_ms, "check_only": check_only, "rules": rules})
+    return doc
+
+
+def json_line(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def json_report(
     results: Sequence[FileResult],
     elapsed_ms: int,
@@ -56,13 +77,14 @@ def json_report(
     rules: str,
     error: str | None = None,
 ) -> str:
-    summary: dict[str, Any] = dict(counts(results))
-    summary.update({"elapsed_ms": elapsed_ms, "check_only": check_only, "rules": rules})
-    doc: dict[str, Any] = {"summary": summary, "files": [file_entry(r) for r in results]}
+    doc: dict[str, Any] = {
+        "summary": summary(results, elapsed_ms, check_only, rules),
+        "files": [file_entry(r) for r in results],
+    }
     if error is not None:
         doc["error"] = error
-    return json.dumps(doc, separators=(",", ":"))
+    return json_line(doc)
 
 
 def dry_run_line(path: str) -> str:
-    return json.dumps({"file": path, "status": "would_slim"}, separators=(",", ":"))
+    return json_line({"file": path, "status": "would_slim"})

@@ -41,14 +41,16 @@ class TokenBucket:
 
 
 class IoThrottle:
-    """--max-io-mbps: bytes read plus bytes written, decimal MB per second, all workers."""
+    """--max-io-mbps: bytes read plus bytes written, decimal MB per second, all workers.
+    `sleep` is how it waits (a shutdown's sleep wakes early)."""
 
-    def __init__(self, mbps: float) -> None:
+    def __init__(self, mbps: float, sleep: Callable[[float], None] = time.sleep) -> None:
         self.bucket = TokenBucket(mbps * 1e6)
+        self.sleep = sleep
 
     def account(self, nbytes: int) -> None:
         if nbytes > 0:
-            time.sleep(self.bucket.spend(nbytes))
+            self.sleep(self.bucket.spend(nbytes))
 
 
 class CpuThrottle:
@@ -65,9 +67,11 @@ class CpuThrottle:
         max_percent: float | None,
         backoff_above: float | None = None,
         strength: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import psutil
 
+        self.sleep = sleep
         self._psutil = psutil
         self._proc = psutil.Process()
         self.cores = psutil.cpu_count() or 1
@@ -112,4 +116,4 @@ class CpuThrottle:
             self._update_target()
             cpu = self._cpu_seconds()
             used, self._last_cpu = cpu - self._last_cpu, cpu
-        time.sleep(self.bucket.spend(used))
+        self.sleep(self.bucket.spend(used))

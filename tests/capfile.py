@@ -72,3 +72,23 @@ def read_blocks(data: bytes) -> list[Block]:
         out.append(Block(btype, data[pos : pos + blen], order == "<"))
         pos += blen
     return out
+
+
+def record_starts(data: bytes) -> list[int]:
+    """The byte offset of every complete record: classic pcap record headers, or pcapng
+    blocks of every kind."""
+    for order in ("<", ">"):
+        if struct.unpack(order + "I", data[:4])[0] in (0xA1B2C3D4, 0xA1B23C4D):
+            out, pos = [], 24
+            while pos + 16 <= len(data):
+                incl = struct.unpack(order + "I", data[pos + 8 : pos + 12])[0]
+                if pos + 16 + incl > len(data):
+                    break
+                out.append(pos)
+                pos += 16 + incl
+            return out
+    starts, pos = [], 0
+    for b in read_blocks(data):
+        starts.append(pos)
+        pos += len(b.data)
+    return starts

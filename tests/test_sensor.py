@@ -1,0 +1,594 @@
+"""Life on a sensor: the watching service, files still being written, clean shutdown on
+SIGTERM/SIGINT, systemd's notifications and units, Prometheus metrics, and offset maps for
+indexes that point into the captures. Real subprocesses, real inotify, real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import naive
+import pytest
+from accounts import temporary_account
+from capfile import record_starts
+from prometheus_client.parser import text_string_to_metric_families
+
+from pcapslim import coordinator as co
+from pcapslim import offsetmap, slim_file, synth
+from pcapslim.inuse import being_written
+
+ROOT = Path(__file__).parent.parent
+SAMPLE = ROOT / "samples" / "loopback_mixed.pcap"
+UNITS = ROOT / "contrib" / "systemd"
+CLI = [sys.executable, "-m", "pcapslim"]
+TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(1000)), 6))
+PLAIN = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 60), 6))
+
+
+def capture(n_tls: int = 3, n_plain: int = 2) -> bytes:
+    frames = [TLS] * n_tls + [PLAIN] * n_plain
+    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)])
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def marked(path: Path) -> bool:
+    return (path.parent / ".slim_markers" / path.name).exists()
+
+
+def watcher(d: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "--dir", str(d), "--watch", "--output", "json", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop(p: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, list[dict], str]:  # type: ignore[type-arg]
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=30)
+    return p.returncode, [json.loads(x) for x in out.splitlines()], err
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+WRITER = """
+import sys
+with open(sys.argv[1], "ab") as f:
+    f.write(open(sys.argv[2], "rb").read())
+    f.flush()
+    print("written", flush=True)
+    sys.stdin.readline()  # keep the file open until told
+"""
+
+
+class Writer:
+    """Another process holding a capture open for writing, as tcpdump holds its current file."""
+
+    def __init__(self, path: Path, content: bytes, tmp: Path) -> None:
+        src = tmp / f"{path.name}.content"
+        src.write_bytes(content)
+        self.p = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(src)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.p.stdout is not None and self.p.stdout.readline().strip() == "written"
+
+    def close(self) -> None:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        self.p.stdin.write("close\n")
+        self.p.stdin.close()
+        assert self.p.wait(timeout=30) == 0
+        self.p.stdout.close()
+
+
+# --- the watcher ------------------------------------------------------------------------------
+
+
+def test_watcher_slims_what_is_there_what_arrives_and_what_is_closed(tmp_path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pcap"
+    d.mkdir()
+    (d / "present.pcap").write_bytes(capture())
+    age(d / "present.pcap", 3600)
+    expected = naive.slim_bytes(capture()).data
+    p = watcher(d, "--age-minutes", "1", "--rescan-seconds", "1")
+    try:
+        assert wait_for(lambda: marked(d / "present.pcap"), 15)
+        assert (d / "present.pcap").read_bytes() == expected
+
+        # a capture still being written: old, but open for writing, so never touched
+        live = d / "live.pcap"
+        w = Writer(live, capture(), tmp_path)
+        age(live, 3600)
+        time.sleep(3.5)  # three rescans and the IN_ATTRIB event of the age change
+        assert live.read_bytes() == capture() and not marked(live)
+        assert not (d / "live.pcap.tmp").exists()
+        w.close()
+        assert wait_for(lambda: marked(live), 5), "not slimmed after its writer closed it"
+        assert live.read_bytes() == expected
+
+        # a capture renamed into the directory from elsewhere on the same file system
+        incoming = tmp_path / "incoming.pcap"
+        incoming.write_bytes(capture(5, 1))
+        age(incoming, 3600)
+        arrived = time.monotonic()
+        os.rename(incoming, d / "moved.pcap")
+        assert wait_for(lambda: marked(d / "moved.pcap"), 5)
+        print(f"renamed-in file slimmed {time.monotonic() - arrived:.2f} s after it arrived")
+        assert (d / "moved.pcap").read_bytes() == naive.slim_bytes(capture(5, 1)).data
+
+        # a young file waits for its age
+        young = d / "young.pcap"
+        young.write_bytes(capture())
+        age(young, 58)
+        time.sleep(0.5)
+        assert not marked(young)
+        assert wait_for(lambda: marked(young), 6)
+
+        # idle: next to no CPU
+        time.sleep(0.5)
+        c0, t0 = cpu_seconds(p.pid), time.monotonic()
+        time.sleep(3)
+        idle = (cpu_seconds(p.pid) - c0) / (time.monotonic() - t0)
+        print(f"watcher CPU while idle: {idle:.2%} of a core (rescan every second)")
+        assert idle < 0.02
+    finally:
+        rc, lines, err = stop(p)
+    assert rc == 0, err
+    files = [x for x in lines if "file" in x]
+    assert sorted(Path(x["file"]).name for x in files) == [
+        "live.pcap", "moved.pcap", "present.pcap", "young.pcap"
+    ]  # fmt: skip
+    assert {x["status"] for x in files} == {"ok"}
+    assert lines[-1]["summary"]["ok"] == 4
+    assert not list(d.glob("*.tmp"))
+
+
+def test_one_shot_dir_leaves_files_open_for_writing_alone(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "done.pcap").write_bytes(capture())
+    w = Writer(tmp_path / "open.pcap", capture(), tmp_path / "..")
+    age(tmp_path / "open.pcap", 3600)
+    first = subprocess.run([*CLI, "--dir", str(tmp_path), "--output", "json"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert [Path(f["file"]).name for f in json.loads(first.stdout)["files"]] == ["done.pcap"]
+    assert (tmp_path / "open.pcap").read_bytes() == capture()
+    w.close()
+    second = subprocess.run([*CLI, "--dir", str(tmp_path), "--output", "json"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert [Path(f["file"]).name for f in json.loads(second.stdout)["files"]] == ["open.pcap"]
+    assert marked(tmp_path / "open.pcap")
+
+
+def test_open_for_writing_by_lease_and_by_proc(tmp_path):  # type: ignore[no-untyped-def]
+    """Root takes a read lease; an account that does not own the file cannot, and looks
+    through /proc instead, where it sees its own processes' descriptors."""
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom pcapslim.inuse import being_written\n"
+        "print(sorted(p.name for p in being_written([Path(a) for a in sys.argv[1:]])))"
+    )
+    with temporary_account() as acct:
+        d = acct.directory()
+        try:
+            idle, held = d / "idle.pcap", d / "held.pcap"
+            for f in (idle, held):
+                f.write_bytes(capture())
+                os.chmod(f, 0o666)  # root's files, writable by the account
+            assert being_written([idle, held]) == set()
+            writer = subprocess.Popen(
+                acct.command(sys.executable, "-c",
+                             "import sys,time\nf=open(sys.argv[1],'ab')\nprint('ok',flush=True)\n"
+                             "sys.stdin.readline()", str(held)),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert writer.stdout is not None and writer.stdout.readline().strip() == "ok"
+            assert being_written([idle, held]) == {held}  # root: the lease
+            as_account = subprocess.run(
+                acct.command(sys.executable, "-c", probe, str(idle), str(held)),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert as_account.returncode == 0, as_account.stderr
+            assert as_account.stdout.strip() == "['held.pcap']"  # not the owner: /proc
+            assert writer.stdin is not None
+            writer.stdin.close()
+            writer.wait(timeout=30)
+            writer.stdout.close()
+            assert being_written([idle, held]) == set()
+        finally:
+            shutil.rmtree(d)
+
+
+# --- stopping -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_capture(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A 150 MB capture (a generated 15 MB mix, its records ten times over) and its slim copy."""
+    from benches.gen_capture import generate
+
+    d = tmp_path_factory.mktemp("big")
+    part = d / "part.pcap"
+    generate(part, 15, seed=21)
+    body = part.read_bytes()[24:]
+    big = d / "big.pcap"
+    big.write_bytes(part.read_bytes()[:24] + body * 10)
+    slim = d / "big.slim.pcap"
+    slim_file(big, slim)
+    return (
+        big,
+        hashlib.sha256(big.read_bytes()).digest(),
+        hashlib.sha256(slim.read_bytes()).digest(),
+    )
+
+
+def _digest(p: Path) -> bytes:
+    return hashlib.sha256(p.read_bytes()).digest()
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_points_stops_within_ten_seconds_cleanly(tmp_path, big_capture):  # type: ignore[no-untyped-def]
+    big, orig_digest, slim_digest = big_capture
+    r = random.Random(int(os.environ.get("PCAPSLIM_TERM_SEED", "13")))
+    seen = []
+    for _ in range(int(os.environ.get("PCAPSLIM_TERMS", "4"))):
+        d = tmp_path / f"run{len(seen)}"
+        d.mkdir()
+        f = d / "big.pcap"
+        shutil.copyfile(big, f)
+        p = watcher(d, "--max-io-mbps", "120")
+        assert wait_for(lambda d=d, f=f: (d / "big.pcap.tmp").exists() or marked(f), 20)
+        time.sleep(r.uniform(0.0, 2.0))
+        t0 = time.monotonic()
+        rc, lines, err = stop(p)
+        took = time.monotonic() - t0
+        assert rc == 0, err
+        assert took < 10, took
+        assert not (d / "big.pcap.tmp").exists()
+        state = "slim" if _digest(f) == slim_digest else "original"
+        assert state == "slim" or _digest(f) == orig_digest, "neither the original nor the slim"
+        assert marked(f) == (state == "slim")
+        statuses = [x["status"] for x in lines if "file" in x]
+        assert statuses == (["ok"] if state == "slim" else ["abandoned"])
+        seen.append((state, round(took, 2)))
+        shutil.rmtree(d)
+    print("after SIGTERM (state, seconds to exit):", seen)
+
+
+@pytest.mark.slow
+def test_a_slow_file_is_abandoned_after_the_grace_and_a_second_sigint_at_once(  # type: ignore[no-untyped-def]
+    tmp_path, big_capture
+):
+    big, orig_digest, _ = big_capture
+    for signals, limit in (([signal.SIGTERM], 10.0), ([signal.SIGINT, signal.SIGINT], 2.0)):
+        d = tmp_path / signals[-1].name / str(len(signals))
+        d.mkdir(parents=True)
+        f = d / "slow.pcap"
+        shutil.copyfile(big, f)
+        # one-shot this time, throttled to take half a minute
+        p = subprocess.Popen([*CLI, "--dir", str(d), "--max-io-mbps", "8", "--output", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert wait_for(lambda d=d: (d / "slow.pcap.tmp").exists(), 20)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        for s in signals:
+            p.send_signal(s)
+            time.sleep(0.2)
+        out, err = p.communicate(timeout=30)
+        took = time.monotonic() - t0
+        assert p.returncode == 0, err  # abandoned is a skip, not a failure
+        assert took < limit, (signals, took)
+        doc = json.loads(out)
+        assert [e["status"] for e in doc["files"]] == ["abandoned"]
+        assert "stopped (SIG" in doc["files"][0]["error"]
+        assert doc["summary"]["skip"] == 1 and doc["summary"]["fail"] == 0
+        assert _digest(f) == orig_digest and not marked(f)
+        assert not (d / "slow.pcap.tmp").exists()
+        print(f"{'+'.join(s.name for s in signals)}: exited {took:.2f} s after the first signal")
+
+
+def test_a_stopped_one_shot_run_takes_no_new_file(tmp_path):  # type: ignore[no-untyped-def]
+    for i in range(6):
+        (tmp_path / f"f{i}.pcap").write_bytes(capture(200, 10))
+    argv = [*CLI, "--dir", str(tmp_path), "--max-io-mbps", "0.2", "--output", "json"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: any(tmp_path.glob("*.tmp")), 20)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    doc = json.loads(out)
+    assert len(doc["files"]) == 1 and doc["files"][0]["status"] in ("ok", "abandoned")
+    untouched = [f for f in tmp_path.glob("f*.pcap") if not marked(f)]
+    assert len(untouched) >= 5 and all(f.read_bytes() == capture(200, 10) for f in untouched)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- systemd --------------------------------------------------------------------------------
+
+
+def test_sd_notify_ready_status_watchdog_stopping(tmp_path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pcap"
+    d.mkdir()
+    (d / "a.pcap").write_bytes(capture())
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def drain(until: Callable[[], bool], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                pass
+            if until():
+                return True
+        return until()
+
+    env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    p = watcher(d, env=env)
+    try:
+        assert drain(lambda: any("READY=1" in m for m in messages), 15)
+        assert drain(lambda: any("ok=1" in m for m in messages), 15)
+        assert drain(lambda: sum(m == "WATCHDOG=1" for m in messages) >= 3, 5)
+    finally:
+        rc, _, err = stop(p)
+    drain(lambda: any("STOPPING=1" in m for m in messages), 2)
+    sock.close()
+    assert rc == 0, err
+    ready = next(m for m in messages if "READY=1" in m)
+    assert ready.splitlines()[1].startswith(f"STATUS=watching {d}: ok=")
+    assert any(m.startswith("STATUS=") and "ok=1 " in m for m in messages)
+    stopping = [m for m in messages if "STOPPING=1" in m]
+    assert stopping and messages.index(stopping[0]) > messages.index(ready)
+    print("notifications:", [m.split("\n")[0] for m in messages][:8], "...")
+
+
+def test_an_abstract_notify_socket_address_is_understood():  # type: ignore[no-untyped-def]
+    from pcapslim.sdnotify import Notifier
+
+    n = Notifier({"NOTIFY_SOCKET": "@/org/pcapslim/x", "WATCHDOG_USEC": "3000000",
+                  "WATCHDOG_PID": str(os.getpid())})  # fmt: skip
+    assert n.address == "\0/org/pcapslim/x" and n.watchdog_interval == 1.5
+    other = Notifier({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None  # the watchdog is another process's
+    n.close()
+    other.close()
+    assert not Notifier({}).enabled
+
+
+def _with_command(fn: Callable[[], None]) -> None:
+    """systemd-analyze checks that ExecStart's program exists: where pcap-slim is not installed
+    at the units' path, the installed command stands there for the check."""
+    target = Path("/usr/local/bin/pcap-slim")
+    made = False
+    if not target.exists():
+        installed = shutil.which("pcap-slim")
+        assert installed, "pcap-slim is not installed"
+        target.symlink_to(installed)
+        made = True
+    try:
+        fn()
+    finally:
+        if made:
+            target.unlink()
+
+
+HARDENING = ("ProtectSystem=strict", "ReadWritePaths=/data/pcap", "NoNewPrivileges=yes",
+             "PrivateTmp=yes", "ProtectHome=", "Nice=", "IOSchedulingClass=idle", "CPUQuota=",
+             "MemoryMax=", "EnvironmentFile=/etc/default/pcap-slim")  # fmt: skip
+
+
+def test_shipped_units_verify_without_a_warning():  # type: ignore[no-untyped-def]
+    units = sorted(UNITS.glob("*.service")) + sorted(UNITS.glob("*.timer"))
+    assert {u.name for u in units} == {
+        "pcap-slim.service", "pcap-slim.timer", "pcap-slim-watch.service"
+    }  # fmt: skip
+
+    def verify() -> None:
+        for unit in units:
+            p = subprocess.run(["systemd-analyze", "verify", str(unit)],
+                               capture_output=True, text=True, cwd=UNITS, timeout=60)  # fmt: skip
+            assert p.returncode == 0 and p.stdout == "" and p.stderr == "", (unit, p.stderr)
+        for unit in [u for u in units if u.suffix == ".service"]:
+            p = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                               capture_output=True, text=True, cwd=UNITS, timeout=60)  # fmt: skip
+            level = p.stdout.strip().splitlines()[-1]
+            exposure = float(level.split(":")[1].split()[0])
+            print(f"{unit.name}: {level}")
+            assert exposure <= 4.0, level
+
+    _with_command(verify)
+    oneshot, watch = (
+        (UNITS / "pcap-slim.service").read_text(),
+        (UNITS / "pcap-slim-watch.service").read_text(),
+    )
+    for text in (oneshot, watch):
+        for setting in HARDENING:
+            assert setting in text, setting
+    assert "Type=oneshot" in oneshot and "--watch" not in oneshot
+    assert "Type=notify" in watch and "WatchdogSec=" in watch and "--watch" in watch
+    assert "Unit=" not in (UNITS / "pcap-slim.timer").read_text()  # it starts pcap-slim.service
+
+
+def test_the_environment_file_gives_a_valid_command_line(tmp_path):  # type: ignore[no-untyped-def]
+    env = {}
+    for line in (UNITS / "pcap-slim.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            env[k] = v
+    (tmp_path / "a.pcap").write_bytes(capture())
+    age(tmp_path / "a.pcap", 3600)
+    argv = [*CLI, "--dir", str(tmp_path), *env["PCAP_SLIM_FLAGS"].split()]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["summary"]["ok"] == 1
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _metrics(path: Path) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def test_metrics_file_agrees_with_the_json_report(tmp_path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pcap"
+    d.mkdir()
+    shutil.copyfile(SAMPLE, d / "sample.pcap")
+    (d / "a.pcap").write_bytes(capture())
+    (d / "plain.pcap").write_bytes(capture(0, 3))  # nothing to cut
+    (d / "bad.pcap").write_bytes(b"not a capture, but named like one")
+    metrics = tmp_path / "pcap_slim.prom"
+    started = time.time()
+    p = subprocess.run([*CLI, "--dir", str(d), "--output", "json", "--metrics-file", str(metrics)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 1  # bad.pcap
+    report = json.loads(p.stdout)
+    m = _metrics(metrics)
+    ok = [f for f in report["files"] if f["status"] == "ok"]
+    assert m["pcapslim_files_total{status=ok}"] == report["summary"]["ok"] == 3
+    assert m["pcapslim_files_total{status=fail}"] == report["summary"]["fail"] == 1
+    assert m["pcapslim_bytes_in_total"] == sum(f["in_bytes"] for f in ok)
+    assert m["pcapslim_bytes_out_total"] == sum(f["out_bytes"] for f in ok)
+    assert m["pcapslim_bytes_saved_total"] == sum(f["in_bytes"] - f["out_bytes"] for f in ok)
+    assert m["pcapslim_packets_total"] == sum(f["in_pkts"] for f in ok)
+    for cat in ("tls", "tls_other_port", "ssh", "quic", "ipsec"):
+        assert m[f"pcapslim_packets_truncated_total{{category={cat}}}"] == sum(
+            f["truncated_by"][cat] for f in ok
+        )
+    assert m["pcapslim_seconds_total"] == pytest.approx(sum(f["elapsed_ms"] for f in ok) / 1000)
+    assert started <= m["pcapslim_last_success_timestamp_seconds"] <= time.time()
+    assert m["pcapslim_watcher_up"] == 0
+    assert not any(k.endswith("_created") for k in m)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".pcap_slim*"))
+
+
+def test_metrics_say_the_watcher_is_up_while_it_watches(tmp_path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pcap"
+    d.mkdir()
+    (d / "a.pcap").write_bytes(capture())
+    metrics = tmp_path / "pcap_slim.prom"
+    p = watcher(d, "--metrics-file", str(metrics))
+    try:
+        assert wait_for(
+            lambda: metrics.exists() and "pcapslim_watcher_up 1.0" in metrics.read_text(), 15
+        )
+        assert wait_for(lambda: _metrics(metrics)["pcapslim_files_total{status=ok}"] == 1, 15)
+    finally:
+        rc, lines, _ = stop(p)
+    assert rc == 0
+    m = _metrics(metrics)
+    assert m["pcapslim_watcher_up"] == 0
+    assert m["pcapslim_packets_total"] == lines[0]["in_pkts"]
+
+
+# --- offset maps ----------------------------------------------------------------------------
+
+
+def _check_offsets(original: bytes, path: Path) -> int:
+    """Every record's old offset remaps to the offset of the same record in the slim file."""
+    old, new = record_starts(original), record_starts(path.read_bytes())
+    assert len(old) == len(new)
+    got = offsetmap.remap(offsetmap.map_path(co.marker_path(path)), old)
+    assert got.tolist() == new
+    return len(old)
+
+
+def _random_captures() -> list[tuple[str, bytes]]:
+    import randframes
+    from test_differential import _pcapng_section
+
+    out = []
+    for seed in range(6):
+        r = random.Random(seed)
+        link = r.choice(randframes.ALL_LINKS)
+        frames = randframes.frames(seed, 2000, link)
+        recs = [synth.Record(f, ts=i) for i, f in enumerate(frames)]
+        data = synth.pcap_bytes(recs, link, little_endian=seed % 2 == 0, nanosecond=seed > 2)
+        if seed % 3 == 0:
+            data = data[:-7]  # cut short: the tail keeps its shift
+        out.append((f"random{seed}.pcap", data))
+        ng = b"".join(_pcapng_section(r, []) for _ in range(r.randrange(1, 4)))
+        out.append((f"random{seed}.pcapng", ng))
+    return out
+
+
+def test_offset_maps_remap_every_record_of_fixtures_and_random_captures(tmp_path):  # type: ignore[no-untyped-def]
+    cases = [(p.name, p.read_bytes()) for p in sorted((ROOT / "fixtures" / "cases").glob("*"))
+             if p.suffix in (".pcap", ".pcapng") and ".expected" not in p.name]  # fmt: skip
+    cases += _random_captures() + [("sample.pcap", SAMPLE.read_bytes())]
+    job = co.Job(offset_map=True)
+    records = 0
+    for name, data in cases:
+        f = tmp_path / name
+        f.write_bytes(data)
+        result = co.slim_in_place(f, job)
+        if result.status == co.STATUS_FAIL:  # the fixtures of corrupt files
+            assert not Path(offsetmap.map_path(co.marker_path(f))).exists()
+            assert not Path(offsetmap.map_path(co.marker_path(f)) + ".tmp").exists()
+            continue
+        assert result.status == co.STATUS_OK, (name, result.error)
+        records += _check_offsets(data, f)
+    print(f"offset maps checked: {len(cases)} captures, {records} records")
+    assert records > 10_000
+    assert not list((tmp_path / ".slim_markers").glob("*.tmp"))
+
+
+def test_offset_map_from_the_command_and_its_format(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    p = subprocess.run([*CLI, "--single", str(f), "--offset-map"], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    _check_offsets(SAMPLE.read_bytes(), f)
+    raw = Path(offsetmap.map_path(co.marker_path(f))).read_bytes()
+    assert raw.startswith(b"PCAPSLIM-OFFSETS\x01\x00\x00\x00")
+    breaks, shifts = offsetmap.load(offsetmap.map_path(co.marker_path(f)))
+    from capfile import read_records
+
+    cut = [
+        naive.decide(r.frame, r.link).category is not None
+        for r in read_records(SAMPLE.read_bytes())
+    ]
+    # a breakpoint at every record that follows a cut one
+    assert len(breaks) == sum(cut[:-1]) > 1000
+    assert (shifts[1:] > shifts[:-1]).all() and (breaks[1:] > breaks[:-1]).all()
+    usage = subprocess.run([*CLI, "--single", str(f), "--check-only", "--offset-map"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert usage.returncode == 2
