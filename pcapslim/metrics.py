@@ -35,7 +35,7 @@ class Metrics:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-        disable_created_metrics()  # no *_created series: the textfile holds what dashboards read
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
         self.path = os.fspath(path)
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
