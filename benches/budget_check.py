@@ -33,14 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from benches.floors import read_floor, unlink_floor, write_floor
-from benches.gen_capture import ensure
+from benches.gen_capture import cached, ensure
 
 HERE = Path(__file__).parent
 DATA = HERE / "data"
 DEFAULT_BUDGETS = HERE / "budgets.toml"
 KINDS = ("startup", "single", "dir", "cold", "scaling")
 SAMPLE = HERE.parent / "samples" / "loopback_mixed.pcap"  # input = "sample"
-FLOOR_PARTS = ("read", "write", "unlink")
+FLOOR_PARTS = ("read", "write", "unlink", "decompress", "compress")
+# the command-line tools a compressed scenario's floor uses, at the levels pcapslim uses
+CODEC_TOOLS = {
+    "zstd": (["zstd", "-q", "-3", "-c"], ["zstd", "-dqc"], ".zst"),
+    "gzip": (["gzip", "-6", "-c"], ["gzip", "-dc"], ".gz"),
+}
 MIB = 1 << 20
 
 
@@ -68,6 +73,8 @@ class Scenario:
     min_speedup: float | None = None  # scaling: throughput with `workers` over one worker
     # judge the time beyond the start-up floor: the same command on an empty directory
     beyond_startup: bool = False
+    compress: str = ""  # "zstd" or "gzip": the inputs compressed (by the command-line tool)
+    fresh: bool = False  # every encrypted payload its own ciphertext (gen_capture --fresh)
 
 
 @dataclass
@@ -187,8 +194,26 @@ def _source(s: Scenario, index: int) -> Path:
     if s.packets:
         name = f"budget_{s.packets}pkts_{index}.{ext}"
         return ensure(DATA / name, 0, s.format, seed=10 + index, max_packets=s.packets)
-    name = f"budget_{s.size_mib:g}mib_{index}.{ext}"
-    return ensure(DATA / name, s.size_mib * MIB / 1e6, s.format, seed=10 + index)
+    name = f"budget_{s.size_mib:g}mib_{index}{'.fresh' if s.fresh else ''}.{ext}"
+    plain = ensure(DATA / name, s.size_mib * MIB / 1e6, s.format, seed=10 + index, fresh=s.fresh)
+    if not s.compress:
+        return plain
+    packer, _, suffix = CODEC_TOOLS[s.compress]
+
+    def pack(out: Path) -> None:
+        with open(out, "wb") as fh:
+            subprocess.run([*packer, str(plain)], stdout=fh, check=True)
+
+    return cached(plain.with_name(plain.name + suffix), pack)
+
+
+def _slim_plain(s: Scenario) -> Path:
+    """The uncompressed slim copy of a compressed scenario's input (what its floor compresses)."""
+    from pcapslim import slim_file
+
+    plain = _source(Scenario(s.name, s.kind, size_mib=s.size_mib, format=s.format,
+                             fresh=s.fresh), 0)  # fmt: skip
+    return cached(plain.with_name(plain.name + ".slim"), lambda out: slim_file(plain, out))
 
 
 def _warm(path: Path) -> None:
@@ -202,8 +227,9 @@ def _fresh_inputs(s: Scenario, work: Path) -> list[Path]:
     work.mkdir(parents=True)
     n = s.files if s.kind in ("dir", "scaling") else 1
     copies = []
+    suffix = CODEC_TOOLS[s.compress][2] if s.compress else ""
     for i in range(n):
-        dst = work / f"capture_{i:04d}.{'pcapng' if s.format == 'pcapng' else 'pcap'}"
+        dst = work / f"capture_{i:04d}.{'pcapng' if s.format == 'pcapng' else 'pcap'}{suffix}"
         shutil.copyfile(_source(s, i % 8), dst)  # at most 8 distinct inputs per scenario
         copies.append(dst)
     os.sync()
@@ -277,8 +303,24 @@ def _floor(s: Scenario, out_bytes: int, work: Path) -> float | None:
     if "unlink" in parts:
         per_file = unlink_floor(inputs[0], work, repeat=1)
         total += per_file * len(inputs)
+    if "decompress" in parts or "compress" in parts:
+        packer, unpacker, _ = CODEC_TOOLS[s.compress]
+        if "decompress" in parts:  # the input, to nowhere
+            total += sum(_tool_seconds([*unpacker, str(p)], None) for p in inputs)
+        if "compress" in parts:  # the slim output, into a file that is then fsynced
+            total += _tool_seconds([*packer, str(_slim_plain(s))], work / "floor.out")
     shutil.rmtree(work, ignore_errors=True)
     return total
+
+
+def _tool_seconds(argv: list[str], out: Path | None) -> float:
+    t0 = time.perf_counter()
+    with open(out or os.devnull, "wb") as fh:
+        subprocess.run(argv, stdout=fh, check=True)
+        if out is not None:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return time.perf_counter() - t0
 
 
 def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str]) -> Result:

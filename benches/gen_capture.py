@@ -41,10 +41,15 @@ IPV6_SHARE = 0.20
 TEMPLATES_PER_KIND = 64
 
 
+ENCRYPTED = ("tls_appdata_443", "tls_appdata_8443", "tls_appdata_unlisted", "quic", "ssh", "ipsec")
+FRESH_AFTER = 8  # payload bytes kept from the template (record header, packet type) when fresh
+
+
 @dataclass
 class Template:
     frame: bytes
     orig_len: int
+    fresh: tuple[int, int] | None = None  # ciphertext in the frame: (offset, length)
 
 
 def _payload(r: random.Random, kind: str) -> tuple[int, int, int, bytes]:
@@ -123,14 +128,25 @@ def _template(r: random.Random, kind: str) -> Template:
     orig = len(frame)
     if r.random() < SNAPLEN_CUT_SHARE:
         frame = frame[:96]
-    return Template(frame, orig)
+    fresh = None
+    at = frame.find(payload[:32]) if kind in ENCRYPTED and len(payload) > 32 else -1
+    if at >= 0:
+        start = at + FRESH_AFTER
+        fresh = (start, min(len(payload) - FRESH_AFTER, len(frame) - start))
+    return Template(frame, orig, fresh)
 
 
 def generate(
-    out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1, max_packets: int | None = None
+    out: Path,
+    size_mb: float,
+    fmt: str = "pcap",
+    seed: int = 1,
+    max_packets: int | None = None,
+    fresh: bool = False,
 ) -> int:
     """Write the capture (about size_mb MB, or exactly max_packets packets); return its packet
-    count."""
+    count. With `fresh`, every encrypted payload gets ciphertext of its own (as on a real link:
+    compressors then find nothing to gain in it) instead of its template's."""
     r = random.Random(seed)
     kinds = [k for k, _ in MIX]
     shares = np.array([s for _, s in MIX])
@@ -176,7 +192,13 @@ def generate(
                 hb = hdr.tobytes()
                 for k, i in enumerate(idx.tolist()):
                     parts.append(hb[16 * k : 16 * k + 16])
-                    parts.append(frames[i])
+                    region = pool[i].fresh if fresh else None
+                    if region is None:
+                        parts.append(frames[i])
+                    else:
+                        a, n_fresh = region
+                        f = frames[i]
+                        parts += (f[:a], rng.bytes(n_fresh), f[a + n_fresh :])
             else:
                 for k, i in enumerate(idx.tolist()):
                     t = pool[i]
@@ -207,10 +229,15 @@ def cached(out: Path, write: Callable[[Path], object]) -> Path:
 
 
 def ensure(
-    out: Path, size_mb: float, fmt: str = "pcap", seed: int = 1, max_packets: int | None = None
+    out: Path,
+    size_mb: float,
+    fmt: str = "pcap",
+    seed: int = 1,
+    max_packets: int | None = None,
+    fresh: bool = False,
 ) -> Path:
     """The capture of `generate`, made once."""
-    return cached(out, lambda p: generate(p, size_mb, fmt, seed, max_packets))
+    return cached(out, lambda p: generate(p, size_mb, fmt, seed, max_packets, fresh))
 
 
 def main() -> None:
@@ -223,8 +250,9 @@ def main() -> None:
     )
     ap.add_argument("--format", choices=("pcap", "pcapng"), default="pcap")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--fresh", action="store_true", help="ciphertext of its own in every packet")
     a = ap.parse_args()
-    n = generate(a.out, a.size_mb, a.format, a.seed)
+    n = generate(a.out, a.size_mb, a.format, a.seed, fresh=a.fresh)
     print(f"{a.out}: {n} packets, {a.out.stat().st_size} bytes")
 
 

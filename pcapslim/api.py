@@ -15,13 +15,23 @@ def analyze_file(
     on_progress: ProgressCallback | None = None,
     use_mmap: bool = True,
     rules: str = "compatible",
+    compress_level: int | None = None,
 ) -> SlimStats:
     """The numbers slimming `path` would give; writes nothing. `rules`: "compatible" (SPEC §1)
-    or "forensic" (SPEC §8)."""
+    or "forensic" (SPEC §8). A gzip or zstd file is read through its decompressor, and its
+    `out_bytes` are what the slim copy would take compressed (at `compress_level`)."""
     name = os.fspath(path)
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return process(name, fd, None, on_progress=on_progress, use_mmap=use_mmap, rules=rules)
+        return process(
+            name,
+            fd,
+            None,
+            on_progress=on_progress,
+            use_mmap=use_mmap,
+            rules=rules,
+            compress_level=compress_level,
+        )
     finally:
         os.close(fd)
 
@@ -34,9 +44,11 @@ def slim_file(
     use_mmap: bool = True,
     fsync: bool = True,
     rules: str = "compatible",
+    compress_level: int | None = None,
 ) -> SlimStats:
     """Write a slim copy of `src` to `dst` (created or truncated; removed again on failure).
-    `rules`: "compatible" (SPEC §1) or "forensic" (SPEC §8)."""
+    `rules`: "compatible" (SPEC §1) or "forensic" (SPEC §8). A gzip or zstd `src` gives a
+    `dst` in the same compression (at `compress_level`, the codec's default when None)."""
     src_name, dst_name = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst_name) and os.path.samefile(src_name, dst_name):
         raise PcapslimError(
@@ -54,6 +66,7 @@ def slim_file(
                 on_progress=on_progress,
                 use_mmap=use_mmap,
                 rules=rules,
+                compress_level=compress_level,
             )
             if fsync:
                 os.fsync(out_fd)

@@ -67,7 +67,9 @@ def slim(
     dir: Annotated[
         Path | None,
         typer.Option(
-            "--dir", help="Slim every pending *.pcap / *.pcapng in this directory in place."
+            "--dir",
+            help="Slim every pending *.pcap / *.pcapng (also .gz, .zst) in this directory in "
+            "place.",
         ),
     ] = None,
     single: Annotated[Path | None, typer.Option("--single", help="Slim one file in place.")] = None,
@@ -127,6 +129,15 @@ def slim(
         Path | None,
         typer.Option(help="Write Prometheus metrics here (node_exporter textfile format)."),
     ] = None,
+    compress_level: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=19,
+            help="Compressed captures: the level of the slim copy (gzip 1-9, default 6; zstd "
+            "1-19, default 3).",
+        ),
+    ] = None,
     offset_map: Annotated[
         bool,
         typer.Option(
@@ -180,6 +191,7 @@ def slim(
         rescan_seconds=rescan_seconds,
         metrics_file=metrics_file,
         offset_map=offset_map,
+        compress_level=compress_level,
     )
     raise typer.Exit(code)
 
@@ -209,6 +221,7 @@ def _run(
     rescan_seconds: float = 60.0,
     metrics_file: Path | None = None,
     offset_map: bool = False,
+    compress_level: int | None = None,
 ) -> int:
     from .shutdown import Shutdown
     from .throttle import CpuThrottle, IoThrottle
@@ -264,6 +277,9 @@ def _run(
         rules=rules,
         shutdown=shutdown,
         offset_map=offset_map,
+        compress_level=compress_level,
+        # zstd compresses on the cores the workers leave, none under a CPU cap
+        compress_threads=0 if cpu is not None else max(0, (os.cpu_count() or 1) // workers - 1),
     )
     if watch:
         assert directory is not None

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compression import Growing
 from .engine import FdSink, process
 from .errors import (
     Abandoned,
@@ -36,7 +37,7 @@ from .throttle import CpuThrottle, IoThrottle
 TMP_SUFFIX = ".tmp"
 MARKER_DIR = ".slim_markers"
 STALE_TMP_SECONDS = 300  # a tmp older than this belongs to a dead worker
-CAPTURE_SUFFIXES = (".pcap", ".pcapng")
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".pcap.gz", ".pcapng.gz", ".pcap.zst", ".pcapng.zst")
 MARKER_OWNER = "sensor"  # markers belong to sensor:sensor when that user exists
 MARKER_OWNER_ENV = "PCAPSLIM_MARKER_OWNER"  # another account name, for sensors that differ
 MARKER_DIR_MODE = 0o755
@@ -72,6 +73,8 @@ class Job:
     clock: Callable[[], float] = field(default=time.time)
     shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
     offset_map: bool = False  # write each file's offset map beside its marker
+    compress_level: int | None = None  # compressed files: the codec's level (None: default)
+    compress_threads: int = 0  # zstd worker threads beside the slimming ones
 
 
 def marker_path(path: Path) -> Path:
@@ -296,8 +299,8 @@ class _Accounting:
 
 
 class _ThrottledSink(FdSink):
-    def __init__(self, fd: int, io: IoThrottle | None) -> None:
-        super().__init__(fd, writeback=True)  # the tmp is fsynced before the rename
+    def __init__(self, fd: int, io: IoThrottle | None, growing: Growing | None = None) -> None:
+        super().__init__(fd, writeback=True, growing=growing)  # fsynced before the rename
         self.io = io
 
     def write(self, data):  # type: ignore[no-untyped-def]
@@ -308,7 +311,15 @@ class _ThrottledSink(FdSink):
 
 def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting, decide: bool = True) -> SlimStats:
     return process(
-        path, fd, None, on_progress=acct, use_mmap=job.use_mmap, decide=decide, rules=job.rules
+        path,
+        fd,
+        None,
+        on_progress=acct,
+        use_mmap=job.use_mmap,
+        decide=decide,
+        rules=job.rules,
+        compress_level=job.compress_level,
+        compress_threads=job.compress_threads,
     )
 
 
@@ -398,6 +409,7 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
     tmp_gone = False
     src_fd = -1
     offsets: _PendingMap | None = None
+    trailing: _Trailing | None = None
     try:
         src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         before = os.fstat(src_fd)
@@ -405,7 +417,8 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             raise PcapslimError(f"{path}: not a regular file; nothing was changed")
         if job.offset_map:
             offsets = _PendingMap(path)
-        sink = _ThrottledSink(tmp_fd, job.io)
+        trailing = _Trailing(path, tmp, job)
+        sink = _ThrottledSink(tmp_fd, job.io, trailing.growing)
         stats = process(
             name,
             src_fd,
@@ -414,10 +427,15 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             use_mmap=job.use_mmap,
             rules=job.rules,
             offsets=offsets.writer if offsets is not None else None,
+            compress_level=job.compress_level,
+            compress_threads=job.compress_threads,
         )
-        if stats.truncated == 0 and stats.out_bytes == stats.in_bytes:
+        if stats.truncated == 0 and stats.out_bytes_uncompressed == stats.in_bytes_uncompressed:
             # nothing to cut (already slim, or nothing encrypted): the copy would equal the
             # original, which stays as it is; only the marker is written
+            stats.out_bytes = stats.in_bytes
+            trailing.abandon()
+            trailing = None
             _check_unchanged(path, before)
             os.unlink(tmp)
             tmp_gone = True
@@ -426,7 +444,9 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             os.close(src_fd)
             src_fd = -1
         else:
-            _verify(path, tmp, tmp_fd, stats, job)
+            check = trailing.result()
+            trailing = None
+            _verify(path, check, stats, os.fstat(tmp_fd).st_size)
             _carry_over(tmp_fd, before)
             _check_unchanged(path, before)
             if offsets is not None:
@@ -436,6 +456,8 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             tmp_gone = True
             _fsync_dir(path.parent)
     except BaseException:
+        if trailing is not None:
+            trailing.abandon()
         if offsets is not None and not tmp_gone:
             offsets.discard()
         if not tmp_gone:
@@ -464,21 +486,78 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
     return FileResult(name, STATUS_OK, stats)
 
 
-def _verify(path: Path, tmp: Path, tmp_fd: int, stats: SlimStats, job: Job) -> None:
-    """3. Re-read the tmp: exactly as many records (and bytes) as were written."""
-    check_fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        check = _analyze_fd(
-            str(tmp), check_fd, job, _Accounting(str(path), job, report=False), decide=False
+class _Trailing:
+    """3. The verification re-read, following the tmp while it is written: a second thread
+    reads (through the decompressor, for a compressed file) what the writer has put in the
+    file so far and counts its records; the writer's end is its end. Re-reading after the
+    write would cost a second pass over the slim copy (a tenth of a second per GiB of input,
+    more when it must be decompressed). When the writer had to start the file again, the
+    re-read is made afresh after the write."""
+
+    def __init__(self, path: Path, tmp: Path, job: Job) -> None:
+        self.growing = Growing()
+        self._path, self._tmp, self._job = path, tmp, job
+        self._fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._result: SlimStats | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pcapslim-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._count(self.growing)
+        except BaseException as e:  # raised in the writer's thread by `result`
+            self._error = e
+
+    def _count(self, follow: Growing | None) -> SlimStats:
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        return process(
+            str(self._tmp),
+            self._fd,
+            None,
+            on_progress=_Accounting(str(self._path), self._job, report=False),
+            use_mmap=follow is None and self._job.use_mmap,
+            decide=False,
+            rules=self._job.rules,
+            follow=follow,
         )
-    finally:
-        os.close(check_fd)
-    got = (check.records, check.in_pkts, check.in_bytes)
-    if got != (stats.records, stats.in_pkts, stats.out_bytes):
+
+    def result(self) -> SlimStats:
+        """The writer is done: what the re-read found."""
+        self.growing.done()
+        self._thread.join()
+        try:
+            if self.growing.generation:
+                return self._count(None)
+            if self._error is not None:
+                raise self._error
+            assert self._result is not None
+            return self._result
+        finally:
+            os.close(self._fd)
+
+    def abandon(self) -> None:
+        self.growing.done()
+        self._thread.join()
+        os.close(self._fd)
+
+
+def _verify(path: Path, check: SlimStats, stats: SlimStats, size_now: int) -> None:
+    """3. The re-read tmp holds exactly as many records (and bytes) as were written, and the
+    file is still that long."""
+    if size_now != stats.out_bytes:
+        raise VerificationError(
+            f"{path}: the slim copy is {size_now} bytes on disk, {stats.out_bytes} were "
+            "written; the original was kept"
+        )
+    got = (check.records, check.in_pkts, check.in_bytes, check.in_bytes_uncompressed)
+    want = (stats.records, stats.in_pkts, stats.out_bytes, stats.out_bytes_uncompressed)
+    if got != want:
         raise VerificationError(
             f"{path}: the slim copy re-read as {check.in_pkts} packets / {check.records} "
-            f"records / {check.in_bytes} bytes, expected {stats.in_pkts} / {stats.records} / "
-            f"{stats.out_bytes}; the original was kept"
+            f"records / {check.in_bytes} bytes ({check.in_bytes_uncompressed} uncompressed), "
+            f"expected {stats.in_pkts} / {stats.records} / {stats.out_bytes} "
+            f"({stats.out_bytes_uncompressed}); the original was kept"
         )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 
+from .compression import Compressor, Growing
 from .constants import (
     CATEGORY_NAMES,
     F_CAT,
@@ -52,7 +53,7 @@ from .formats import CaptureFormat, detect_format
 from .kernelset import KernelSet, active
 from .offsetmap import OffsetMapWriter
 from .pagecache import start_writeback
-from .source import MappedSource, Source, open_source
+from .source import Source, open_source
 from .stats import SlimStats
 
 WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
@@ -82,7 +83,10 @@ _STATUS_TEXT = {
 
 
 class Sink(Protocol):
-    """Where slim bytes go: appended in order, plus 8-byte patches at earlier offsets."""
+    """Where slim bytes go: appended in order, plus 8-byte patches at earlier offsets where
+    the sink is `seekable`."""
+
+    seekable: bool
 
     def write(self, data: Bytes) -> None: ...
 
@@ -96,11 +100,14 @@ class FdSink:
     (sync_file_range, which does not wait), so that the fsync at the end has little left to do
     instead of writing the whole file after the work is done."""
 
-    def __init__(self, fd: int, writeback: bool = False) -> None:
+    seekable = True
+
+    def __init__(self, fd: int, writeback: bool = False, growing: Growing | None = None) -> None:
         self.fd = fd
         self.written = 0
         self._flushed = 0  # bytes already handed to write-back
         self.writeback = writeback
+        self.growing = growing  # told of every write, for a reader that follows the file
 
     def write(self, data: Bytes) -> None:
         view = memoryview(data)  # type: ignore[arg-type]
@@ -108,6 +115,8 @@ class FdSink:
             n = os.write(self.fd, view)
             view = view[n:]
             self.written += n
+        if self.growing is not None:
+            self.growing.grew(self.written)
         if self.writeback and self.written - self._flushed >= WRITEBACK_BYTES:
             start_writeback(self.fd, self._flushed, self.written - self._flushed)
             self._flushed = self.written
@@ -116,17 +125,84 @@ class FdSink:
         if os.pwrite(self.fd, data, offset) != len(data):
             raise OSError(f"short write while patching offset {offset}")
 
+    def truncate(self) -> None:
+        """Start the file again from nothing."""
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.written = self._flushed = 0
+        if self.growing is not None:
+            self.growing.restarted()
+
+
+class CompressedSink:
+    """Slim bytes compressed on their way to `inner` (a file), or only counted (inner None:
+    what a compressed slim copy would take on disk, for the numbers of an analysis)."""
+
+    seekable = False
+
+    def __init__(self, inner: FdSink | None, codec: str, level: int | None, threads: int) -> None:
+        self.inner = inner
+        self.codec, self.level, self.threads = codec, level, threads
+        self.written = 0  # slim bytes, before compression
+        self._counted = 0
+        self._start()
+
+    def _start(self) -> None:
+        self._z = Compressor(self.codec, self._emit, self.level, self.threads)
+
+    def _emit(self, chunk: bytes) -> None:
+        if self.inner is not None:
+            self.inner.write(chunk)  # type: ignore[arg-type]
+        else:
+            self._counted += len(chunk)
+
+    def write(self, data: Bytes) -> None:
+        self._z.write(data)
+        self.written += len(data)
+
+    def patch(self, offset: int, data: bytes) -> None:
+        raise AssertionError("a compressed stream cannot be patched behind its end")
+
+    def finish(self) -> None:
+        self._z.finish()
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.inner.written if self.inner is not None else self._counted
+
+    def restart(self) -> None:
+        """Throw away what was written and begin a new stream."""
+        self._z.finish()  # ended now, so that nothing of it reaches the new stream later
+        if self.inner is not None:
+            self.inner.truncate()
+        self.written = self._counted = 0
+        self._start()
+
+
+class _Rewrite(Exception):
+    """A compressed output needs section lengths set behind its end: write it again, with the
+    patches made on the way (output offsets)."""
+
+    def __init__(self, patches: list[int]) -> None:
+        self.patches = patches
+
 
 class _Sections:
     """pcapng sections whose size changed get their section length set to -1."""
 
     def __init__(self) -> None:
         self.shb_out: int | None = None  # output offset of the current section header
+        self.specified = False  # its section length is not -1 already
         self.delta = 0  # output minus input bytes of the current section
         self.patches: list[int] = []
 
     def feed(
-        self, rec: npt.NDArray[np.int64], n: int, out_base: int, out_off: npt.NDArray[np.int64]
+        self,
+        buf: Bytes,
+        rec: npt.NDArray[np.int64],
+        n: int,
+        out_base: int,
+        out_off: npt.NDArray[np.int64],
     ) -> None:
         kinds = rec[:n, F_KIND]
         delta = rec[:n, F_OUTLEN] - (rec[:n, F_END] - rec[:n, F_START])
@@ -135,12 +211,14 @@ class _Sections:
             self.delta += int(delta[prev:k].sum())
             self.close()
             self.shb_out = out_base + int(out_off[k])
+            at = int(rec[k, F_START]) + SECTION_LEN_OFF
+            self.specified = bytes(buf[at : at + 8]) != UNSPECIFIED_SECTION_LEN
             self.delta = 0
             prev = int(k)
         self.delta += int(delta[prev:n].sum())
 
     def close(self) -> None:
-        if self.shb_out is not None and self.delta != 0:
+        if self.shb_out is not None and self.delta != 0 and self.specified:
             self.patches.append(self.shb_out + SECTION_LEN_OFF)
 
 
@@ -178,6 +256,9 @@ def process(
     flow_slots: int = FLOW_SLOTS,
     flow_probes: int = FLOW_PROBES,
     offsets: OffsetMapWriter | None = None,
+    compress_level: int | None = None,
+    compress_threads: int = 0,
+    follow: Growing | None = None,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
     With decide=False nothing is cut: the records are only found and counted. `on_window` sees
@@ -185,7 +266,12 @@ def process(
     `rules` is "compatible" (SPEC §1) or "forensic" (SPEC §8); the forensic rules keep their
     state in a table of `flow_slots` directions (a power of two), probing `flow_probes` slots
     before the least recently used one is taken over. `offsets` is fed every record's old and
-    new position."""
+    new position.
+
+    A gzip or zstd file is read through its decompressor, and slimmed into the same
+    compression (at `compress_level`, the codec's default when None; zstd with
+    `compress_threads` worker threads); analysed, it is compressed only to count the bytes a
+    slim copy would take."""
     if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
         raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
     if flow_slots < 1 or flow_slots & (flow_slots - 1) or not 1 <= flow_probes <= flow_slots:
@@ -208,13 +294,40 @@ def process(
         flow_probes,
         offsets,
     )
-    with open_source(fd, use_mmap, window_bytes) as src:
-        stats.in_bytes = src.size
-        head_buf, _, h0, h1 = src.window(0, 24)
-        fmt = detect_format(bytes(head_buf[h0:h1]), path)
-        stats.format = fmt.name
-        out_pos = _run(run, src, fmt)
-    stats.out_bytes = out_pos
+    out: CompressedSink | None = None
+    inline: list[int] = []  # output offsets of section lengths to set on the way
+    while True:
+        with open_source(fd, use_mmap, window_bytes, path, follow) as src:
+            stats.in_bytes = src.disk_size
+            stats.compression = src.codec
+            head_buf, _, h0, h1 = src.window(0, 24)
+            fmt = detect_format(bytes(head_buf[h0:h1]), path, src.codec)
+            stats.format = fmt.name
+            if src.codec is not None and decide and out is None:
+                if sink is not None and not isinstance(sink, FdSink):
+                    raise TypeError("a compressed slim copy is written to a file (an FdSink)")
+                out = CompressedSink(sink, src.codec, compress_level, compress_threads)
+                run.sink = out
+            try:
+                out_pos, end = _run(run, src, fmt, inline)
+            except _Rewrite as again:  # the second pass knows every patch in advance
+                assert out is not None and not inline
+                inline = again.patches
+                out.restart()
+                stats = run.stats = SlimStats(path=path, rules=rules)
+                continue
+            if follow is not None:  # its size was not known when reading began
+                stats.in_bytes = src.file_bytes_read(end)
+        break
+    stats.in_bytes_uncompressed = end
+    stats.out_bytes_uncompressed = out_pos
+    if out is not None:
+        out.finish()
+        stats.out_bytes = out.disk_bytes
+        if sink is None and stats.truncated == 0 and out_pos == end:
+            stats.out_bytes = stats.in_bytes  # nothing to cut: in place, it stays as it is
+    else:
+        stats.out_bytes = out_pos
     stats.elapsed_ms = int((time.perf_counter() - t0) * 1000)
     return stats
 
@@ -236,9 +349,12 @@ class _CopyStage:
         max_records: int,
         pipelined: bool,
         kernels: KernelSet,
+        inline: list[int],
     ) -> None:
         self.path = path
         self.kernels = kernels
+        self.inline = inline  # output offsets where the section length becomes -1
+        self.out_pos = 0  # output offset of the next job's first byte
         self.sink = sink
         self.pcapng = pcapng
         self.window_bytes = window_bytes
@@ -247,6 +363,7 @@ class _CopyStage:
         self.submitted = 0
         self._pool = ThreadPoolExecutor(1, "pcapslim-copy") if pipelined and sink else None
         self._pending: Future[None] | None = None
+        self._pending_buf: Bytes | None = None  # the input the job in flight reads
 
     @property
     def rec(self) -> npt.NDArray[np.int64]:
@@ -261,11 +378,18 @@ class _CopyStage:
             return
         if self.outs[slot].shape[0] < total:
             self.outs[slot] = np.empty(max(total, self.window_bytes), dtype=np.uint8)
-        args = (buf, self.recs[slot], n, self.outs[slot], out_off, total)
+        args = (buf, self.recs[slot], n, self.outs[slot], out_off, total, self.out_pos)
+        self.out_pos += total
         if self._pool is None:
             self._copy_and_write(*args)
         else:
             self._pending = self._pool.submit(self._copy_and_write, *args)
+            self._pending_buf = buf
+
+    def release(self, buf: Bytes) -> None:
+        """`buf` is about to be overwritten: let the job in flight finish if it reads it."""
+        if self._pending is not None and self._pending_buf is buf:
+            self.wait()
 
     def _copy_and_write(
         self,
@@ -275,6 +399,7 @@ class _CopyStage:
         out: Bytes,
         out_off: npt.NDArray[np.int64],
         total: int,
+        at: int,
     ) -> None:
         assert self.sink is not None
         if self.kernels.copy_records(buf, rec, n, out, out_off, self.pcapng) != 0:
@@ -282,12 +407,16 @@ class _CopyStage:
                 f"{self.path}: internal error: the output plan does not fit its buffer near "
                 f"byte offset {int(rec[0, F_START])}; nothing was replaced (please report this)"
             )
+        for off in self.inline:
+            if at <= off < at + total:
+                out[off - at : off - at + 8] = 0xFF  # section length -1, in either byte order
         self.sink.write(out[:total])
 
     def write_raw(self, data: Bytes) -> None:
         self.wait()
         if self.sink is not None:
             self.sink.write(data)
+        self.out_pos += len(data)
 
     def wait(self) -> None:
         if self._pending is not None:
@@ -321,25 +450,29 @@ class _Run:
     offsets: OffsetMapWriter | None  # where every record goes
 
 
-def _run(run: _Run, src: Source, fmt: CaptureFormat) -> int:
+def _run(run: _Run, src: Source, fmt: CaptureFormat, inline: list[int]) -> tuple[int, int]:
+    """(output bytes, capture bytes read)."""
     stage = _CopyStage(
         run.path,
         run.sink,
         fmt.name == "pcapng",
         run.window_bytes,
         run.max_records,
-        pipelined=isinstance(src, MappedSource),
+        pipelined=src.stable_windows,
         kernels=run.kernels,
+        inline=inline,
     )
+    src.before_refill = stage.release
     try:
-        out_pos = _index_all(run, src, fmt, stage)
+        result = _index_all(run, src, fmt, stage)
         stage.wait()
     finally:
         stage.close()
-    return out_pos
+        src.before_refill = None
+    return result
 
 
-def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) -> int:
+def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) -> tuple[int, int]:
     path, stats, decide, window_bytes = run.path, run.stats, run.decide, run.window_bytes
     ks = run.kernels
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
@@ -360,7 +493,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         stage.write_raw(buf[s : s + pos])
     out_pos = pos
     want = window_bytes
-    while pos < src.size:
+    while not src.at_end(pos):
         buf, base, start, end = src.window(pos, want)
         rec = stage.rec
         if pcapng and flow_table is None:
@@ -386,7 +519,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             np.cumsum(outlen[:-1], out=out_off[1:])
             total = int(out_off[-1] + outlen[-1])
             if pcapng:
-                sections.feed(rec, n, out_pos, out_off)
+                sections.feed(buf, rec, n, out_pos, out_off)
             if run.offsets is not None:
                 run.offsets.add(base + rec[:n, F_START], out_pos + out_off)
             _count(stats, rec, n, cat_counts)
@@ -398,14 +531,12 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         pos = base + nxt
         want = window_bytes
         if status == ST_NEED_MORE:
-            if base + end >= src.size:  # the file ends inside this record: keep it verbatim
-                tail = src.size - pos
-                stage.wait()
-                tbuf, _, ts, _ = src.window(pos, tail)
-                stage.write_raw(tbuf[ts : ts + tail])
+            if src.at_end(base + end):  # the file ends inside this record: keep it verbatim
+                tail = base + end - pos
+                stage.write_raw(buf[pos - base : end])
                 stats.tail_bytes = tail
                 out_pos += tail
-                pos = src.size
+                pos = base + end
             elif n == 0:
                 want = max(window_bytes, need)
         elif status == ST_IFACE_FULL:
@@ -422,10 +553,12 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         elif status != ST_OK:
             raise CorruptCaptureError(path, record_no, pos, _STATUS_TEXT[status])
         if run.on_progress is not None:
-            run.on_progress(pos, src.size)
+            run.on_progress(*src.progress(pos))
     sections.close()
     stage.wait()
-    if stage.sink is not None:
+    if stage.sink is not None and sections.patches and not stage.inline:
+        if not stage.sink.seekable:
+            raise _Rewrite(sections.patches)
         for off in sections.patches:
             stage.sink.patch(off, UNSPECIFIED_SECTION_LEN)
     for code, name in enumerate(CATEGORY_NAMES, start=1):
@@ -434,7 +567,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     stats.unsliced_linktypes = sorted(
         int(k) for k in stats.linktypes if not ks.is_sliced_linktype(int(k))
     )
-    return out_pos
+    return out_pos, pos
 
 
 def _caplen_at(buf: Bytes, i: int, fmt: CaptureFormat, state: npt.NDArray[np.int64]) -> int:

@@ -32,6 +32,7 @@ from .constants import (
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
 from .kernelset import active
+from .source import open_source
 from .stats import SlimStats
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
     name = os.fspath(path)
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        head = os.pread(fd, 24, 0)
-        fmt = detect_format(head, name)
+        with open_source(fd, False, 64, name) as src:  # compressed: what it holds
+            buf, _, start, end = src.window(0, 24)
+            fmt = detect_format(bytes(buf[start:end]), name, src.codec)
         pcapng = fmt.name == "pcapng"
         state = np.zeros(N_STATE, dtype=np.int64)
         tsres = np.zeros(MAX_TS_IFACES, dtype=np.int64)

@@ -28,11 +28,13 @@ class CaptureFormat:
     header_len: int  # bytes copied verbatim before the first record (24 or 0)
 
 
-def detect_format(head: bytes, path: str) -> CaptureFormat:
-    """Classify a capture by its first 24 bytes; raise UnknownFormatError otherwise."""
+def detect_format(head: bytes, path: str, codec: str | None = None) -> CaptureFormat:
+    """Classify a capture by its first 24 bytes (of what a compressed file holds, with
+    `codec`); raise UnknownFormatError otherwise."""
+    holds = f"a {codec} file, but what it holds " if codec else ""
     if len(head) < MIN_FILE_LEN:
         raise UnknownFormatError(
-            f"{path}: {len(head)} bytes is too short to be a pcap or pcapng capture "
+            f"{path}: {holds}{len(head)} bytes is too short to be a pcap or pcapng capture "
             f"(at least {MIN_FILE_LEN} are needed); the file was left untouched"
         )
     for order, le in (("<", True), (">", False)):
@@ -49,7 +51,12 @@ def detect_format(head: bytes, path: str) -> CaptureFormat:
             )
     if struct.unpack("<I", head[:4])[0] == PCAPNG_SHB:
         return CaptureFormat("pcapng", True, False, 0, -1, 0)
+    if codec:
+        raise UnknownFormatError(
+            f"{path}: a {codec} file, but what it holds is not a pcap or pcapng capture (magic "
+            f"{head[:4].hex()}); the file was left untouched"
+        )
     raise UnknownFormatError(
         f"{path}: unknown file format (magic {head[:4].hex()}); only classic pcap and pcapng "
-        "captures are slimmed, and the file was left untouched"
+        "captures (also gzip- or zstd-compressed) are slimmed, and the file was left untouched"
     )

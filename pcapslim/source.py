@@ -1,16 +1,20 @@
-"""Input as read-only uint8 windows: a memory mapping of the whole file, or a bounded buffer
-filled by sequential reads."""
+"""Input as read-only uint8 windows: a memory mapping of the whole file, or bounded buffers
+filled by sequential reads of the file or of what it decompresses to."""
 
 from __future__ import annotations
 
 import mmap
 import os
+import queue
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from .compression import Decompressor, Growing, detect
 from .pagecache import populate
 
 if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
@@ -20,14 +24,36 @@ if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
 
 
 class Source:
-    """A capture file opened for windowed reads; `window` is the only way to its bytes."""
+    """A capture file opened for windowed reads; `window` is the only way to its bytes.
 
-    size: int
+    Offsets are in the capture's bytes: the file's own, or, for a compressed file, those of
+    what it decompresses to. `disk_size` is the file's size; `codec` names the compression
+    (None: none)."""
+
+    disk_size: int
+    codec: str | None = None
+    # windows stay valid while the next one is indexed (the copy stage may run behind)
+    stable_windows: bool = False
+    # called with a buffer before it is refilled: whoever may still read it waits for that
+    before_refill: Callable[[Bytes], None] | None = None
 
     def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
-        """(buf, base, start, end): buf[start:end] holds file bytes [base+start, base+end),
-        starting at pos and running for `want` bytes or to the end of the file."""
+        """(buf, base, start, end): buf[start:end] holds capture bytes [base+start, base+end),
+        starting at pos and running for `want` bytes or to the end of the capture."""
         raise NotImplementedError
+
+    def at_end(self, pos: int) -> bool:
+        """Whether the capture is known to end at or before `pos`."""
+        raise NotImplementedError
+
+    def progress(self, pos: int) -> tuple[int, int]:
+        """(bytes of the file read to reach capture offset pos, the file's size)."""
+        return min(pos, self.disk_size), self.disk_size
+
+    def file_bytes_read(self, pos: int) -> int:
+        """Bytes of the file read to reach capture offset pos (a file that grew while it was
+        read has no size given in advance)."""
+        return pos
 
     def close(self) -> None:
         raise NotImplementedError
@@ -51,8 +77,10 @@ class MappedSource(Source):
     here). A helper thread maps each next window in while the current one is indexed, so the
     index pass finds its pages mapped."""
 
+    stable_windows = True
+
     def __init__(self, fd: int) -> None:
-        self.size = os.fstat(fd).st_size
+        self.size = self.disk_size = os.fstat(fd).st_size
         self._map: mmap.mmap | None = None
         self._ahead: _Populator | None = None
         if self.size:
@@ -69,6 +97,9 @@ class MappedSource(Source):
                 self._ahead = _Populator(self._arr.ctypes.data, stop)
             self._ahead.request(min(stop + want, self.size))
         return self._arr, 0, pos, stop
+
+    def at_end(self, pos: int) -> bool:
+        return pos >= self.size
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -101,46 +132,195 @@ class _Populator:
         self._pool.shutdown(wait=True)
 
 
-class BufferedSource(Source):
-    """Sequential reads into one buffer that grows only when a single record needs it."""
+class StreamSource(Source):
+    """Sequential reads into two buffers used in turn: while the copy stage still reads one
+    window, the next is read into the other. A buffer grows only when a single record needs
+    it. `read_into(view, offset)` fills a view with the bytes at `offset` (0 at the end); with
+    `read_ahead` it runs ahead on a helper thread (_ReadAhead), so that decompressing overlaps
+    with indexing and copying (plain reads are faster without: the extra copy costs more than
+    the overlap gains)."""
 
-    def __init__(self, fd: int, capacity: int) -> None:
-        self._fd = fd
-        self.size = os.fstat(fd).st_size
-        self._buf: Bytes = np.empty(capacity, dtype=np.uint8)
-        self._base = 0  # file offset of self._buf[0]
-        self._filled = 0  # valid bytes in self._buf
+    stable_windows = True
+
+    def __init__(
+        self,
+        read_into: Callable[[memoryview, int], int],
+        capacity: int,
+        disk_size: int,
+        consumed: Callable[[], int] | None = None,
+        read_ahead: bool = False,
+    ) -> None:
+        self._ahead = _ReadAhead(read_into) if read_ahead else None
+        self._read_into = self._ahead.read_into if self._ahead is not None else read_into
+        self._consumed = consumed
+        self.disk_size = disk_size
+        self._bufs: list[Bytes] = [np.empty(capacity, dtype=np.uint8) for _ in range(2)]
+        self._cur = 0  # the buffer of the current window
+        self._base = 0  # capture offset of the current buffer's first byte
+        self._filled = 0  # valid bytes in the current buffer
+        self._eof = False  # the capture ends at self._base + self._filled
 
     def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
         if pos < self._base:
-            raise ValueError("BufferedSource reads forward only")
-        stop = min(pos + want, self.size)
-        if stop > self._base + self._filled:
+            raise ValueError("a stream source reads forward only")
+        stop = pos + want
+        end = self._base + self._filled
+        if stop > end and not self._eof:
             keep_from = pos - self._base
             keep = max(self._filled - keep_from, 0)
-            need = stop - pos
-            if need > self._buf.shape[0]:
-                grown = np.empty(need, dtype=np.uint8)
-                grown[:keep] = self._buf[keep_from : keep_from + keep]
-                self._buf = grown
-            elif keep:
-                self._buf[:keep] = self._buf[keep_from : keep_from + keep].copy()
-            self._base = pos
-            self._filled = keep
-            view = memoryview(self._buf)  # type: ignore[arg-type]
-            while self._base + self._filled < stop:
-                got = os.preadv(self._fd, [view[self._filled :]], self._base + self._filled)
-                if got == 0:  # the file shrank under us; the caller sees a short window
+            nxt = 1 - self._cur
+            if want > self._bufs[nxt].shape[0]:
+                self._bufs[nxt] = np.empty(want, dtype=np.uint8)
+            elif self.before_refill is not None:
+                self.before_refill(self._bufs[nxt])
+            new = self._bufs[nxt]
+            new[:keep] = self._bufs[self._cur][keep_from : keep_from + keep]
+            self._cur, self._base, self._filled = nxt, pos, keep
+            view = memoryview(new)  # type: ignore[arg-type]
+            while self._filled < want:
+                got = self._read_into(view[self._filled : want], self._base + self._filled)
+                if got == 0:
+                    self._eof = True
                     break
                 self._filled += got
-            stop = min(stop, self._base + self._filled)
-        return self._buf, self._base, pos - self._base, stop - self._base
+            end = self._base + self._filled
+        return self._bufs[self._cur], self._base, pos - self._base, min(stop, end) - self._base
+
+    def at_end(self, pos: int) -> bool:
+        return self._eof and pos >= self._base + self._filled
+
+    def progress(self, pos: int) -> tuple[int, int]:
+        done = pos if self._consumed is None else self._consumed()
+        return done, max(self.disk_size, done)  # a followed file grows past its first size
 
     def close(self) -> None:
-        pass
+        if self._ahead is not None:
+            self._ahead.close()
 
 
-def open_source(fd: int, use_mmap: bool, capacity: int) -> Source:
-    if use_mmap:
+class _ReadAhead:
+    """Calls `read_into` on a helper thread, in chunks, up to DEPTH chunks ahead of the
+    reader; an error reaches the reader where it happened in the stream."""
+
+    CHUNK = 4 << 20
+    DEPTH = 3
+
+    def __init__(self, read_into: Callable[[memoryview, int], int]) -> None:
+        self._source = read_into
+        self._full: queue.Queue[tuple[Bytes, int] | BaseException | None] = queue.Queue()
+        self._free: queue.Queue[Bytes] = queue.Queue()
+        for _ in range(self.DEPTH):
+            self._free.put(np.empty(self.CHUNK, dtype=np.uint8))
+        self._stop = threading.Event()
+        self._chunk: Bytes | None = None
+        self._at = self._len = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._produce, name="pcapslim-read", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        offset = 0
+        try:
+            while not self._stop.is_set():
+                buf = self._free.get()
+                if self._stop.is_set():
+                    break
+                view = memoryview(buf)  # type: ignore[arg-type]
+                n = 0
+                while n < self.CHUNK:
+                    got = self._source(view[n:], offset + n)
+                    if got == 0:
+                        break
+                    n += got
+                offset += n
+                self._full.put((buf, n))
+                if n < self.CHUNK:
+                    self._full.put(None)  # the end
+                    return
+        except BaseException as e:  # delivered to the reader, in order
+            self._full.put(e)
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        if self._at == self._len:
+            if self._done:
+                return 0
+            if self._chunk is not None:
+                self._free.put(self._chunk)
+                self._chunk = None
+            item = self._full.get()
+            if item is None:
+                self._done = True
+                return 0
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._chunk, self._len = item
+            self._at = 0
+            if self._len == 0:
+                return self.read_into(view, offset)
+        assert self._chunk is not None
+        n = min(len(view), self._len - self._at)
+        view[:n] = memoryview(self._chunk)[self._at : self._at + n]  # type: ignore[arg-type]
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        self._stop.set()
+        self._free.put(np.empty(0, dtype=np.uint8))  # wake the helper if it waits for room
+        while self._thread.is_alive():
+            try:
+                self._full.get(timeout=0.05)  # or for the reader to take a chunk
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> StreamSource:
+    """Sequential reads of the file itself (with `follow`, of a file still being written)."""
+
+    def read_into(view: memoryview, offset: int) -> int:
+        while True:
+            n = os.preadv(fd, [view], offset)
+            if n or follow is None or not follow.wait_beyond(offset):
+                return n
+
+    return StreamSource(read_into, capacity, os.fstat(fd).st_size)
+
+
+class DecompressedSource(StreamSource):
+    """What a gzip or zstd file decompresses to, as a stream."""
+
+    def __init__(
+        self, fd: int, codec: str, capacity: int, path: str, follow: Growing | None = None
+    ) -> None:
+        self.codec = codec
+        self._dec = Decompressor(fd, codec, path, follow)
+
+        def read_into(view: memoryview, offset: int) -> int:
+            return self._dec.readinto(view)
+
+        super().__init__(
+            read_into, capacity, self._dec.disk_size, lambda: self._dec.consumed, read_ahead=True
+        )
+
+    def file_bytes_read(self, pos: int) -> int:
+        return self._dec.consumed
+
+    def close(self) -> None:
+        self._dec.close()
+
+
+def open_source(
+    fd: int, use_mmap: bool, capacity: int, path: str = "", follow: Growing | None = None
+) -> Source:
+    """A compressed file (by its magic bytes) is always read as a stream; a plain one is
+    mapped, or read in a stream when use_mmap is false. With `follow`, the file is still being
+    written: it is read as a stream that waits at its end until the writer is done."""
+    if follow is not None:
+        follow.wait_beyond(3)
+    codec = detect(os.pread(fd, 4, 0))
+    if codec is not None:
+        return DecompressedSource(fd, codec, capacity, path, follow)
+    if use_mmap and follow is None:
         return MappedSource(fd)
-    return BufferedSource(fd, capacity)
+    return buffered_source(fd, capacity, follow)

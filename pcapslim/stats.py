@@ -16,12 +16,15 @@ class SlimStats:
     format: str = ""
     in_pkts: int = 0
     truncated: int = 0
-    in_bytes: int = 0
-    out_bytes: int = 0
+    in_bytes: int = 0  # on disk
+    out_bytes: int = 0  # on disk
     records: int = 0  # packets plus every other pcapng block (what verification counts)
     tail_bytes: int = 0
     elapsed_ms: int = 0
     rules: str = "compatible"
+    compression: str | None = None  # "gzip" or "zstd" for a compressed file
+    in_bytes_uncompressed: int = 0  # the capture's own bytes (in_bytes when not compressed)
+    out_bytes_uncompressed: int = 0
     truncated_by: dict[str, int] = field(
         default_factory=lambda: {name: 0 for name in CATEGORY_NAMES}
     )
@@ -46,4 +49,7 @@ class SlimStats:
             "format": self.format,
             "tail_bytes": self.tail_bytes,
             "rules": self.rules,
+            "compression": self.compression,
+            "in_bytes_uncompressed": self.in_bytes_uncompressed,
+            "out_bytes_uncompressed": self.out_bytes_uncompressed,
         }

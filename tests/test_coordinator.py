@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import naive
 import pytest
 
 from pcapslim import coordinator as co
@@ -38,9 +39,32 @@ def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch):  # typ
     monkeypatch.setattr(co, "process", process_then_lose_bytes)
     r = co.slim_in_place(f, co.Job())
     assert r.status == co.STATUS_FAIL
-    assert "re-read as 49 packets" in (r.error or "") and "original was kept" in (r.error or "")
+    slim = len(naive.slim_bytes(data).data)
+    assert f"the slim copy is {slim - 40} bytes on disk, {slim} were written" in (r.error or "")
+    assert "original was kept" in (r.error or "")
     assert f.read_bytes() == data
     assert _leftovers(tmp_path) == []
+
+
+def test_a_copy_that_re_reads_short_keeps_the_original(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The re-read itself comes up one record short (as a copy that loses a record would)."""
+    f = tmp_path / "r.pcap"
+    data = _capture()
+    f.write_bytes(data)
+    real_process = co.process
+
+    def recount(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
+        stats = real_process(path, fd, sink, **kw)
+        if not kw.get("decide", True):  # the verification re-read
+            stats.records -= 1
+            stats.in_pkts -= 1
+        return stats
+
+    monkeypatch.setattr(co, "process", recount)
+    r = co.slim_in_place(f, co.Job())
+    assert r.status == co.STATUS_FAIL
+    assert "re-read as 49 packets / 49 records" in (r.error or "")
+    assert f.read_bytes() == data and _leftovers(tmp_path) == []
 
 
 def test_a_source_that_changes_while_read_is_not_replaced(tmp_path):  # type: ignore[no-untyped-def]

@@ -348,7 +348,7 @@ def fuzz_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
         f"({TALLY['accepted'] / max(TALLY['inputs'], 1):.1%}), {TALLY['rejected']} refused by "
         f"both; {TALLY['packets']} packets and {TALLY['cut']} cut packets compared; "
         f"{TALLY['forensic']} inputs with the forensic rules, {TALLY['aot']} on the compiled "
-        "kernels"
+        f"kernels, {TALLY['compressed']} compressed"
     )
     if TALLY["inputs"] >= 200:  # a whole run (not one selected example)
         assert TALLY["accepted"] >= MIN_ACCEPTED_SHARE * TALLY["inputs"], TALLY
@@ -367,8 +367,33 @@ def _refused_input_writes_nothing(tmp_path: Path, data: bytes) -> None:
     assert not co.tmp_path(src).exists() and not co.marker_path(src).exists()
 
 
+def _compress(data: bytes, codec: str | None) -> bytes:
+    if codec == "gzip":
+        from zlib_ng import gzip_ng
+
+        return bytes(gzip_ng.compress(data, 1))
+    if codec == "zstd":
+        import zstandard
+
+        return bytes(zstandard.ZstdCompressor(level=1).compress(data))
+    return data
+
+
+def _decompress(data: bytes, codec: str | None) -> bytes:
+    if codec == "gzip":
+        from zlib_ng import gzip_ng
+
+        return bytes(gzip_ng.decompress(data))
+    if codec == "zstd":
+        import zstandard
+
+        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+    return data
+
+
 @given(
     data=hostile_captures(),
+    codec=st.sampled_from([None] * 8 + ["gzip", "zstd"]),  # one in five inputs compressed
     window=st.sampled_from([64, 1000, 1 << 20]),
     budget=st.sampled_from([1, 5, 1 << 14]),
     use_mmap=st.booleans(),
@@ -376,13 +401,14 @@ def _refused_input_writes_nothing(tmp_path: Path, data: bytes) -> None:
     rules=st.sampled_from(["compatible", "forensic", "forensic-small-table"]),
 )
 def test_hostile_captures_either_fail_cleanly_or_match_the_twin(
-    fuzz_dir, data, window, budget, use_mmap, kernels, rules
+    fuzz_dir, data, codec, window, budget, use_mmap, kernels, rules
 ):  # type: ignore[no-untyped-def]
     slots, probes = (64, 4) if rules == "forensic-small-table" else (1 << 18, 16)
     twin = Forensic(slots, probes).decide if rules != "compatible" else None
     TALLY["inputs"] += 1
     TALLY[kernels] += 1
     TALLY["forensic"] += rules != "compatible"
+    TALLY["compressed"] += codec is not None
     try:
         expected = naive.slim_bytes(data, twin)
     except naive.NaiveError:
@@ -392,10 +418,10 @@ def test_hostile_captures_either_fail_cleanly_or_match_the_twin(
     try:
         if expected is None:
             TALLY["rejected"] += 1
-            _refused_input_writes_nothing(fuzz_dir, data)
+            _refused_input_writes_nothing(fuzz_dir, _compress(data, codec))
             return
         src, dst = fuzz_dir / "in", fuzz_dir / "out"
-        src.write_bytes(data)
+        src.write_bytes(_compress(data, codec))
         try:
             stats = slim_with_engine(
                 src, dst, window_bytes=window, max_records=budget, use_mmap=use_mmap,
@@ -404,10 +430,12 @@ def test_hostile_captures_either_fail_cleanly_or_match_the_twin(
             )  # fmt: skip
         except PcapslimError as e:
             raise AssertionError(f"pcapslim refused what the twin slims: {e}") from e
-        assert dst.read_bytes() == expected.data
+        assert _decompress(dst.read_bytes(), codec) == expected.data
         assert stats.in_pkts == expected.packets
         assert {k: v for k, v in stats.truncated_by.items() if v} == expected.categories
-        assert stats.tail_bytes == expected.tail and stats.out_bytes == len(expected.data)
+        assert stats.tail_bytes == expected.tail
+        assert stats.out_bytes_uncompressed == len(expected.data)
+        assert stats.out_bytes == dst.stat().st_size
         TALLY["accepted"] += 1
         TALLY["packets"] += expected.packets
         TALLY["cut"] += sum(expected.categories.values())

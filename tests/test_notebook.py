@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,13 @@ _shown = {
     "by_protocol": by_protocol.to_dict("index"),
     "by_category": by_category.to_dict("index"),
     "saved_over_time": int(saved.sum()),
+}
+fig.canvas.draw()
+_shown["time_axis"] = {
+    "ylabel": ax.get_ylabel(),
+    "xlabel": ax.get_xlabel(),
+    "ticks": [t.get_text() for t in ax.get_xticklabels() if t.get_text()],
+    "offset": ax.xaxis.get_major_formatter().get_offset(),
 }
 print("SHOWN " + _json.dumps(_shown, default=str))
 """
@@ -90,13 +98,19 @@ def twin_flows(data: bytes) -> dict[tuple[Any, ...], dict[str, int]]:
     return flows
 
 
-def _check_against_the_twin(nb: Any, data: bytes) -> dict[str, Any]:
+def _check_against_the_twin(nb: Any, data: bytes, disk_size: int | None = None) -> dict[str, Any]:
+    """`data`: the capture's bytes (decompressed, for a compressed file of `disk_size`)."""
     twin = naive.slim_bytes(data)
     totals = json.loads(_printed(nb, '{"in_pkts"'))
     assert totals["in_pkts"] == twin.packets
     assert totals["truncated"] == sum(twin.categories.values())
     assert {k: v for k, v in totals["truncated_by"].items() if v} == twin.categories
-    assert totals["in_bytes"] == len(data) and totals["out_bytes"] == len(twin.data)
+    assert totals["in_bytes_uncompressed"] == len(data)
+    assert totals["out_bytes_uncompressed"] == len(twin.data)
+    if disk_size is None:
+        assert totals["in_bytes"] == len(data) and totals["out_bytes"] == len(twin.data)
+    else:
+        assert totals["in_bytes"] == disk_size and 0 < totals["out_bytes"] < disk_size
     assert totals["tail_bytes"] == twin.tail
 
     shown = json.loads(_printed(nb, "SHOWN ")[len("SHOWN ") :])
@@ -126,7 +140,27 @@ def _check_against_the_twin(nb: Any, data: bytes) -> dict[str, Any]:
     }
     assert shown_saved == {k: v for k, v in by_category.items() if k in shown_saved}
     assert shown["saved_over_time"] == sum(saved)  # every packet of the sample has a time
+    axis = shown["time_axis"]  # plain units and clock times, not pandas' Timedelta
+    assert re.fullmatch(
+        r"kB saved per (\d+ (ms|s|min|hours)|second|minute|hour|day)", axis["ylabel"]
+    )
+    assert axis["xlabel"] == "time (UTC)"
+    assert axis["ticks"] and all(re.fullmatch(CLOCK, t) for t in axis["ticks"]), axis
     return totals
+
+
+PER_STEP = r"kB saved per (\d+ (ms|s|min|hours)|second|minute|hour|day)"
+CLOCK = r"\d\d:\d\d(:\d\d(\.\d+)?)?|\d\d(\.\d+)?|[A-Z][a-z]{2}(-\d\d)?|\d{4}"
+
+
+def test_notebook_reads_a_compressed_capture(tmp_path):  # type: ignore[no-untyped-def]
+    import zstandard
+
+    f = tmp_path / "sample.pcap.zst"
+    f.write_bytes(zstandard.ZstdCompressor(level=3).compress(SAMPLE.read_bytes()))
+    nb = _execute(f)
+    totals = _check_against_the_twin(nb, SAMPLE.read_bytes(), f.stat().st_size)
+    assert totals["compression"] == "zstd"
 
 
 def naive_categories() -> tuple[str, ...]:
