@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from rich.progress import TaskID
 
+    from .cluster import Options as ClusterOptions
     from .coordinator import FileResult, Job
     from .metrics import Metrics
 
@@ -121,6 +122,19 @@ def slim(
             "--watch", help="--dir only: keep running, slimming each capture once it is eligible."
         ),
     ] = False,
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive", help="--dir only: every directory below it too (markers per directory)."
+        ),
+    ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="--dir on a Dask cluster: the scheduler's address (tcp://HOST:PORT); one task "
+            "per file, on workers that see the files."
+        ),
+    ] = None,
     rescan_seconds: Annotated[
         float,
         typer.Option(min=1, help="--watch: look through the directory this often as well."),
@@ -160,6 +174,10 @@ def slim(
         raise _usage("--age-minutes applies to --dir only")
     if watch and dir is None:
         raise _usage("--watch applies to --dir only")
+    if (recursive or scheduler) and dir is None:
+        raise _usage("--recursive and --scheduler apply to --dir only")
+    if watch and (recursive or scheduler):
+        raise _usage("--watch watches one directory here; it excludes --recursive and --scheduler")
     if watch and (dry_run or check_only):
         raise _usage("--watch slims files; it excludes --dry-run and --check-only")
     if offset_map and (dry_run or check_only):
@@ -192,6 +210,8 @@ def slim(
         metrics_file=metrics_file,
         offset_map=offset_map,
         compress_level=compress_level,
+        recursive=recursive,
+        scheduler=scheduler,
     )
     raise typer.Exit(code)
 
@@ -222,6 +242,8 @@ def _run(
     metrics_file: Path | None = None,
     offset_map: bool = False,
     compress_level: int | None = None,
+    recursive: bool = False,
+    scheduler: str | None = None,
 ) -> int:
     from .shutdown import Shutdown
     from .throttle import CpuThrottle, IoThrottle
@@ -255,6 +277,15 @@ def _run(
     from .errors import PcapslimError
 
     metrics = None
+    client = None
+    if scheduler is not None:  # before anything is touched
+        from . import cluster
+
+        try:
+            client = cluster.connect(scheduler)
+        except PcapslimError as e:
+            _err(f"pcap-slim: {e}")
+            return EXIT_FAIL
     try:
         if watch:
             from . import watch as watching
@@ -268,7 +299,7 @@ def _run(
             metrics.write()
     except (PcapslimError, OSError) as e:
         _err(f"pcap-slim: {e}")
-        return EXIT_USAGE if isinstance(e, PcapslimError) else EXIT_FAIL
+        return EXIT_FAIL if isinstance(e, OSError) else EXIT_USAGE
     job = co.Job(
         check_only=check_only,
         use_mmap=use_mmap,
@@ -288,8 +319,9 @@ def _run(
     if directory is not None:
         try:
             if not dry_run and not check_only:
-                co.clean_stale_tmps(directory)
-            files = co.pending_files(directory, age_minutes)
+                for d in co.directories(directory, recursive):
+                    co.clean_stale_tmps(d)
+            files = co.pending_files(directory, age_minutes, recursive=recursive)
         except OSError as e:
             msg = f"{directory}: cannot read the directory: {e.strerror or e}"
             if as_json:
@@ -317,18 +349,32 @@ def _run(
         return EXIT_OK
 
     try:
-        results = _process(
-            files,
-            job,
-            workers,
-            as_json,
-            show_progress,
-            check_only,
-            list_marked=directory is None,
-            on_result=metrics.record if metrics is not None else None,
-        )
+        if client is not None:
+            results = _process_on_cluster(
+                client,
+                files,
+                _cluster_options(
+                    job, max_io_mbps, max_cpu_percent, cpu_backoff_above, cpu_backoff_strength
+                ),  # fmt: skip
+                as_json,
+                show_progress,
+                on_result=metrics.record if metrics is not None else None,
+            )
+        else:
+            results = _process(
+                files,
+                job,
+                workers,
+                as_json,
+                show_progress,
+                check_only,
+                list_marked=directory is None,
+                on_result=metrics.record if metrics is not None else None,
+            )
     finally:
         co.drain()
+        if client is not None:
+            client.close()
         if metrics is not None:
             metrics.write()
     if directory is not None:  # marked files are not listed in --dir mode
@@ -339,6 +385,65 @@ def _run(
     else:
         _err(report.human_summary(results, elapsed, check_only))
     return EXIT_FAIL if any(r.status == co.STATUS_FAIL for r in results) else EXIT_OK
+
+
+def _cluster_options(
+    job: Job,
+    max_io_mbps: float | None,
+    max_cpu_percent: float | None,
+    cpu_backoff_above: float | None,
+    cpu_backoff_strength: float,
+) -> ClusterOptions:
+    from .cluster import Options
+
+    return Options(
+        check_only=job.check_only,
+        use_mmap=job.use_mmap,
+        rules=job.rules,
+        max_io_mbps=max_io_mbps,
+        max_cpu_percent=max_cpu_percent,
+        cpu_backoff_above=cpu_backoff_above,
+        cpu_backoff_strength=cpu_backoff_strength,
+        compress_level=job.compress_level,
+        offset_map=job.offset_map,
+    )
+
+
+def _process_on_cluster(
+    client: object,
+    files: list[Path],
+    opts: ClusterOptions,
+    as_json: bool,
+    show_progress: bool,
+    on_result: Callable[[FileResult], None] | None,
+) -> list[FileResult]:
+    """One task per file; a human line as each finishes (in the order they finish), the
+    overall progress bar advanced by whole files."""
+    from . import report
+    from .cluster import slim_paths
+    from .coordinator import STATUS_MARKED
+
+    bars = _Bars(files) if show_progress else None
+
+    def one(i: int, r: FileResult) -> None:
+        if on_result is not None:
+            on_result(r)
+        if bars is not None:
+            bars.finish(str(files[i]))
+        if not as_json and r.status != STATUS_MARKED:
+            line = report.human_line(r)
+            if bars is not None:
+                bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            else:
+                _err(line)
+
+    try:
+        if bars is not None:
+            bars.start()
+        return slim_paths(client, files, opts, one)
+    finally:
+        if bars is not None:
+            bars.stop()
 
 
 def _watch(

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import tmpowner
 from .compression import Growing
 from .engine import FdSink, process
 from .errors import (
@@ -58,6 +59,7 @@ class FileResult:
     status: str
     stats: SlimStats | None = None
     error: str | None = None
+    worker: str = ""  # the Dask worker that slimmed it (cluster runs)
 
 
 @dataclass
@@ -103,27 +105,47 @@ def is_marked(path: Path) -> bool:
     return True
 
 
+def directories(directory: Path, recursive: bool = False) -> list[Path]:
+    """`directory`, and with `recursive` every directory below it (symlinks not followed,
+    marker directories left out): each keeps its own markers."""
+    if not recursive:
+        return [directory]
+    out = []
+    for here, subdirs, _ in os.walk(directory, onerror=_raise, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if d != MARKER_DIR)
+        out.append(Path(here))
+    return out
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
 def pending_files(
-    directory: Path, age_minutes: float, clock: Callable[[], float] = time.time
+    directory: Path,
+    age_minutes: float,
+    clock: Callable[[], float] = time.time,
+    recursive: bool = False,
 ) -> list[Path]:
-    """Captures in `directory` (not recursive, no symlinks, old enough), oldest first; files
-    with a marker, and files some process still has open for writing, are left out."""
+    """Captures in `directory` (with `recursive`, in the tree below it; no symlinks; old
+    enough), oldest first; files with a marker, and files some process still has open for
+    writing, are left out."""
     now = clock()
-    found: list[tuple[int, str]] = []
-    with os.scandir(directory) as it:
-        for entry in it:
-            if not entry.name.endswith(CAPTURE_SUFFIXES) or not entry.is_file(
-                follow_symlinks=False
-            ):
-                continue
-            st = entry.stat(follow_symlinks=False)
-            if age_minutes and now - st.st_mtime < age_minutes * 60:
-                continue
-            found.append((st.st_mtime_ns, entry.name))
+    found: list[tuple[int, Path]] = []
+    for d in directories(directory, recursive):
+        with os.scandir(d) as it:
+            for entry in it:
+                if not entry.name.endswith(CAPTURE_SUFFIXES) or not entry.is_file(
+                    follow_symlinks=False
+                ):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if age_minutes and now - st.st_mtime < age_minutes * 60:
+                    continue
+                found.append((st.st_mtime_ns, d / entry.name))
     found.sort()
     out = []
-    for _, name in found:
-        p = directory / name
+    for _, p in found:
         try:
             if is_marked(p):
                 continue
@@ -135,7 +157,8 @@ def pending_files(
 
 
 def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) -> list[Path]:
-    """Delete this tool's tmp files (NAME.pcap.tmp, NAME.pcapng.tmp) older than 5 minutes."""
+    """Delete the tmp files of dead slimmers (NAME.pcap.tmp, ...): pcapslim's own as soon as
+    their writer is gone, others (unmarked) once older than 5 minutes."""
     removed = []
     now = clock()
     with os.scandir(directory) as it:
@@ -146,7 +169,12 @@ def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) ->
             ):
                 continue
             st = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode) or now - st.st_mtime < STALE_TMP_SECONDS:
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            taken = tmpowner.take_over(entry.path)  # a pcapslim tmp whose writer is gone
+            if taken is True:
+                removed.append(Path(entry.path))
+            if taken is not None or now - st.st_mtime < STALE_TMP_SECONDS:
                 continue
             try:
                 os.unlink(entry.path)
@@ -169,9 +197,9 @@ def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
     tmp is there."""
     tmp = tmp_path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(2):
+    for _ in range(3):
         try:
-            return os.open(tmp, flags, 0o600)
+            fd = os.open(tmp, flags, 0o600)
         except FileExistsError:
             try:
                 st = os.lstat(tmp)
@@ -182,9 +210,16 @@ def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
                 raise PlantedPathError(
                     f"{path}: {tmp} is {kind}; remove it so the file can be slimmed"
                 ) from None
-            if clock() - st.st_mtime < STALE_TMP_SECONDS:
+            taken = tmpowner.take_over(tmp)  # a pcapslim tmp: its lock says if its writer lives
+            if taken is False:
                 return None
-            os.unlink(tmp)  # stale: a dead worker's
+            if taken is None:  # not marked: another tool's, or no locks here: the age rule
+                if clock() - st.st_mtime < STALE_TMP_SECONDS:
+                    return None
+                os.unlink(tmp)  # stale: a dead worker's
+            continue
+        tmpowner.claim(tmp, fd)  # locked and marked as ours while we write it
+        return fd
     return None
 
 

@@ -55,6 +55,8 @@ def file_entry(r: FileResult) -> dict[str, Any]:
         entry.update(r.stats.report_fields())
     if r.error is not None:
         entry["error"] = r.error
+    if r.worker:
+        entry["worker"] = r.worker
     return entry
 
 
