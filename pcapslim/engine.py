@@ -567,7 +567,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     stats.unsliced_linktypes = sorted(
         int(k) for k in stats.linktypes if not ks.is_sliced_linktype(int(k))
     )
-    return out_pos, pos
+    return int(out_pos), int(pos)
 
 
 def _caplen_at(buf: Bytes, i: int, fmt: CaptureFormat, state: npt.NDArray[np.int64]) -> int:
