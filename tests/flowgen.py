@@ -8,6 +8,8 @@ import random
 import struct
 from dataclasses import dataclass
 
+import randframes
+
 from pcapslim import synth
 
 
@@ -86,20 +88,7 @@ class IpShape:
 
 def ip_shape(r: random.Random, v6: bool) -> IpShape:
     if v6:
-        chain = []
-        for _ in range(r.choice((0, 0, 1, 2))):
-            pick = r.random()
-            if pick < 0.3:
-                chain.append(synth.hop_by_hop(r.choice((8, 16))))
-            elif pick < 0.6:
-                chain.append(synth.dest_opts(r.choice((8, 24))))
-            elif pick < 0.85:
-                rtype = r.choice((0, 2, 4))
-                n = 1 if rtype == 2 else r.randrange(1, 3)
-                addrs = [f"2001:db8:{r.randrange(1, 99)}::{r.randrange(1, 99)}" for _ in range(n)]
-                chain.append(synth.routing(rtype, r.choice((0, 1)), addrs))
-            else:
-                chain.append(synth.auth_header(r.choice((1, 3))))
+        chain = randframes.ip6_chain(r, walkable=True)
         return IpShape(v6_chain=tuple(chain))
     opts = b""
     if r.random() < 0.3:

@@ -56,10 +56,12 @@ def _ip4_options(r: random.Random) -> bytes:
     return opts[:40]
 
 
-def _ip6_chain(r: random.Random) -> list[synth.Ext]:
+def ip6_chain(r: random.Random, walkable: bool = False) -> list[synth.Ext]:
+    """A random IPv6 extension chain; `walkable` leaves out what ends the walk (fragments, ESP,
+    no-next, unknown headers), as the packets of a conversation carry."""
     chain: list[synth.Ext] = []
     for _ in range(r.choice((0, 0, 1, 2, 3))):
-        pick = r.random()
+        pick = r.random() * (0.85 if walkable else 1.0)
         if pick < 0.2:
             chain.append(synth.hop_by_hop(r.choice((8, 16))))
         elif pick < 0.4:
@@ -116,7 +118,7 @@ def ip_packet(r: random.Random, version: int) -> bytes:
         if r.random() < 0.02:
             pkt[0] = (pkt[0] & 0x0F) | 0x60  # wrong version nibble
         return bytes(pkt)
-    pkt = bytearray(synth.ipv6(seg, proto, ext=_ip6_chain(r)))
+    pkt = bytearray(synth.ipv6(seg, proto, ext=ip6_chain(r)))
     if r.random() < 0.08:
         pkt[4:6] = struct.pack("!H", r.choice((0, r.randrange(0, len(pkt)))))
     return bytes(pkt)
