@@ -27,7 +27,6 @@ DEFAULT_LEVEL = {GZIP: 6, ZSTD: 3}  # each codec's usual default
 LEVELS = {GZIP: (1, 9), ZSTD: (1, 19)}
 MAX_EXPANSION = 1000  # more decompressed bytes than this times the file's size: refused
 ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB: what a frame may ask the decoder to keep
-SUFFIXES = {".gz": GZIP, ".zst": ZSTD}
 
 
 class Growing:
@@ -290,8 +289,3 @@ class _Emitter:
 
     def close(self) -> None:
         pass
-
-
-def codec_of_name(name: str) -> str | None:
-    """The codec a capture's name promises (`x.pcap.gz` -> gzip), for the --dir patterns."""
-    return SUFFIXES.get(os.path.splitext(name)[1])

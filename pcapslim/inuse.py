@@ -24,11 +24,6 @@ LEASE_REFUSED = (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOLCK, errno.EN
 ACCESS_MODE = os.O_ACCMODE  # the access bits of the flags in /proc/PID/fdinfo
 
 
-def open_for_writing(path: Path) -> bool:
-    """True while some process holds `path` open for writing."""
-    return path in being_written([path])
-
-
 def being_written(paths: list[Path]) -> set[Path]:
     """Those of `paths` that some process holds open for writing: a lease per file, and one
     look through /proc for the files whose lease cannot be taken."""
