@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import PcapslimError
 
@@ -25,6 +25,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_SKIPPABLE = 0x184D2A50  # skippable frames: magic 0x184D2A50 to 0x184D2A5F (little-endian)
 DEFAULT_LEVEL = {GZIP: 6, ZSTD: 3}  # each codec's usual default
 LEVELS = {GZIP: (1, 9), ZSTD: (1, 19)}
+T = TypeVar("T")
 MAX_EXPANSION = 1000  # more decompressed bytes than this times the file's size: refused
 ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB: what a frame may ask the decoder to keep
 
@@ -65,6 +66,15 @@ class Growing:
             while self._size <= offset and not self._done:
                 self._cond.wait()
             return self._size > offset
+
+    def read_at(self, read: Callable[[], T], offset: int) -> T:
+        """`read()` at `offset`; when it finds nothing, wait for the writer and read again
+        once: nothing then means the end (the writer is done, or the file shrank under it,
+        which the re-read's counts then show)."""
+        got = read()
+        if got or not self.wait_beyond(offset):
+            return got
+        return read()
 
 
 class CompressionError(PcapslimError):
@@ -107,20 +117,20 @@ class _Raw:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            n = 1 << 20
-        while True:
-            data = os.pread(self.fd, n, self.pos)
-            if data or self.follow is None or not self.follow.wait_beyond(self.pos):
-                break
+        size = 1 << 20 if n is None or n < 0 else n
+
+        def read() -> bytes:
+            return os.pread(self.fd, size, self.pos)
+
+        data = read() if self.follow is None else self.follow.read_at(read, self.pos)
         self.pos += len(data)
         return data
 
     def readinto(self, buf: Any) -> int:
-        while True:
-            n = os.preadv(self.fd, [buf], self.pos)
-            if n or self.follow is None or not self.follow.wait_beyond(self.pos):
-                break
+        def read() -> int:
+            return os.preadv(self.fd, [buf], self.pos)
+
+        n = read() if self.follow is None else self.follow.read_at(read, self.pos)
         self.pos += n
         return n
 

@@ -279,10 +279,10 @@ def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> St
     """Sequential reads of the file itself (with `follow`, of a file still being written)."""
 
     def read_into(view: memoryview, offset: int) -> int:
-        while True:
-            n = os.preadv(fd, [view], offset)
-            if n or follow is None or not follow.wait_beyond(offset):
-                return n
+        def read() -> int:
+            return os.preadv(fd, [view], offset)
+
+        return read() if follow is None else follow.read_at(read, offset)
 
     return StreamSource(read_into, capacity, os.fstat(fd).st_size)
 
