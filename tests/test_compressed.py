@@ -308,3 +308,67 @@ def test_sigkill_on_compressed_files_leaves_the_original_or_the_complete_slim(tm
             assert done.returncode == 0
             assert decompress(f) == slim and not tmp.exists()
         print(f"{way}: after SIGKILL {states}")
+
+
+def _in_thread(fn):  # type: ignore[no-untyped-def]
+    """fn() on a thread given 10 s: what it returned, or a failure when it never returns."""
+    import threading
+
+    got: list[object] = []
+    t = threading.Thread(target=lambda: got.append(fn()), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the follower never returned"
+    return got[0]
+
+
+def test_a_follower_waits_for_the_writer_and_stops_at_its_end(tmp_path):  # type: ignore[no-untyped-def]
+    from pcapslim.compression import Growing, _Raw
+
+    path = tmp_path / "growing"
+    path.write_bytes(b"")
+    follow = Growing()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        raw = _Raw(fd, follow)
+
+        def writer() -> None:
+            time.sleep(0.2)
+            with open(path, "ab") as f:
+                f.write(b"late bytes")
+            follow.grew(10)
+            time.sleep(0.2)
+            follow.done()
+
+        import threading
+
+        threading.Thread(target=writer, daemon=True).start()
+        assert _in_thread(lambda: raw.read(64)) == b"late bytes"  # waited for them
+        assert _in_thread(lambda: raw.read(64)) == b""  # the writer is done: the end
+    finally:
+        os.close(fd)
+
+
+def test_a_file_that_shrank_under_the_follower_ends_the_read(tmp_path):  # type: ignore[no-untyped-def]
+    """The writer said 100 bytes, then cut the file to 10 (as a restarted temporary is):
+    the read past 10 finds nothing, re-reads once, and ends instead of spinning."""
+    from pcapslim.compression import Growing, _Raw
+    from pcapslim.source import buffered_source
+
+    path = tmp_path / "shrunk"
+    path.write_bytes(bytes(100))
+    follow = Growing()
+    follow.grew(100)
+    os.truncate(path, 10)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        raw = _Raw(fd, follow)
+        assert _in_thread(lambda: raw.read(64)) == bytes(10)
+        assert _in_thread(lambda: raw.read(64)) == b""
+        buf = bytearray(64)
+        assert _in_thread(lambda: raw.readinto(buf)) == 0
+        src = buffered_source(fd, 1 << 16, follow)
+        buf_, _, lo, hi = _in_thread(lambda: src.window(0, 64))
+        assert bytes(buf_[lo:hi]) == bytes(10) and src.at_end(10)
+    finally:
+        os.close(fd)
