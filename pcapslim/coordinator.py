@@ -139,7 +139,10 @@ def pending_files(
                     follow_symlinks=False
                 ):
                     continue
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the directory was listed
                 if age_minutes and now - st.st_mtime < age_minutes * 60:
                     continue
                 found.append((st.st_mtime_ns, d / entry.name))
@@ -168,7 +171,10 @@ def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) ->
                 CAPTURE_SUFFIXES
             ):
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # renamed into place or removed by its slimmer since the listing
             if stat.S_ISDIR(st.st_mode):
                 continue
             taken = tmpowner.take_over(entry.path)  # a pcapslim tmp whose writer is gone

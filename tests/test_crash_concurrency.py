@@ -103,3 +103,32 @@ def test_four_processes_with_two_workers_on_one_directory(tmp_path):  # type: ig
         assert (d / name).read_bytes() == data
     assert sorted(p.name for p in (d / ".slim_markers").iterdir()) == sorted(expected)
     assert not list(d.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["c.pcap.tmp", "c.pcap"])
+def test_a_file_gone_between_listing_and_stat_is_passed_over(tmp_path, monkeypatch, name):  # type: ignore[no-untyped-def]
+    """Another slimmer renames its tmp into place (or a capture is removed) after this one
+    listed the directory and before it looked at the entry: the entry is passed over, the
+    run goes on (it failed the whole directory as unreadable)."""
+    from pcapslim import coordinator as co
+
+    (tmp_path / "keep.pcap").write_bytes(b"x")
+    (tmp_path / name).write_bytes(b"y")
+    real_scandir = os.scandir
+
+    class Vanishing:  # the real listing; the file goes right after it was listed
+        def __init__(self, path):  # type: ignore[no-untyped-def]
+            self.it = real_scandir(path)
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            entries = list(self.it)
+            (tmp_path / name).unlink()
+            return iter(entries)
+
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            self.it.close()
+
+    monkeypatch.setattr(co.os, "scandir", Vanishing)
+    assert co.clean_stale_tmps(tmp_path) == []
+    (tmp_path / name).write_bytes(b"y")
+    assert co.pending_files(tmp_path, 0) == [tmp_path / "keep.pcap"]
