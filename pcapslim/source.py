@@ -135,10 +135,7 @@ class _Populator:
 class StreamSource(Source):
     """Sequential reads into two buffers used in turn: while the copy stage still reads one
     window, the next is read into the other. A buffer grows only when a single record needs
-    it. `read_into(view, offset)` fills a view with the bytes at `offset` (0 at the end); with
-    `read_ahead` it runs ahead on a helper thread (_ReadAhead), so that decompressing overlaps
-    with indexing and copying (plain reads are faster without: the extra copy costs more than
-    the overlap gains)."""
+    it. `read_into(view, offset)` fills a view with the bytes at `offset` (0 at the end)."""
 
     stable_windows = True
 
@@ -148,10 +145,8 @@ class StreamSource(Source):
         capacity: int,
         disk_size: int,
         consumed: Callable[[], int] | None = None,
-        read_ahead: bool = False,
     ) -> None:
-        self._ahead = _ReadAhead(read_into) if read_ahead else None
-        self._read_into = self._ahead.read_into if self._ahead is not None else read_into
+        self._read_into = read_into
         self._consumed = consumed
         self.disk_size = disk_size
         self._bufs: list[Bytes] = [np.empty(capacity, dtype=np.uint8) for _ in range(2)]
@@ -194,27 +189,129 @@ class StreamSource(Source):
         return done, max(self.disk_size, done)  # a followed file grows past its first size
 
     def close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.close()
+        pass
 
 
-class _ReadAhead:
-    """Calls `read_into` on a helper thread, in chunks, up to DEPTH chunks ahead of the
-    reader; an error reaches the reader where it happened in the stream."""
+class PrefetchSource(Source):
+    """A stream read ahead on a helper thread, straight into the buffers the windows are.
 
-    CHUNK = 4 << 20
-    DEPTH = 3
+    The helper fills segments (SEGMENT bytes each, behind HEADROOM free bytes) in turn while
+    the engine indexes the current one and the copy stage copies the one before. A window
+    that must carry the unfinished record at the end of the last one moves it into the next
+    segment's headroom, so the bytes are written once, by the decompressor, and read where
+    they landed. Windows may be shorter than asked where the rest of the current segment is
+    too long to carry (the engine indexes what it gets and asks again from where it
+    stopped); asked again at the same place, a window holds all that was asked, gathered
+    into a buffer of its own if it must (a record larger than a segment)."""
 
-    def __init__(self, read_into: Callable[[memoryview, int], int]) -> None:
+    stable_windows = True
+    SEGMENT = 4 << 20
+    HEADROOM = 256 << 10
+    BUFFERS = 4  # the window before the current one, the current one, two being filled
+
+    def __init__(
+        self,
+        read_into: Callable[[memoryview, int], int],
+        capacity: int,
+        disk_size: int,
+        consumed: Callable[[], int] | None = None,
+    ) -> None:
+        self.disk_size = disk_size
+        self._consumed = consumed
+        self._segment = max(1, min(capacity, self.SEGMENT))
+        self._head = min(self.HEADROOM, self._segment)
+        self._ahead = _Prefetcher(read_into, self._segment, self._head, self.BUFFERS)
+        self._buf: Bytes = np.empty(0, dtype=np.uint8)  # the current window's array
+        self._held: list[Bytes] = []  # helper buffers the current window lives in
+        self._prev: tuple[Bytes, list[Bytes]] | None = None  # the same for the window before
+        self._base = 0  # capture offset of self._buf[0]
+        self._lo = self._hi = 0  # self._buf[lo:hi] holds capture bytes
+        self._eof = False  # the capture ends at self._base + self._hi
+        self._short_at = -1  # where the last window shorter than asked began
+
+    def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
+        if pos < self._base + self._lo:
+            raise ValueError("a stream source reads forward only")
+        end = self._base + self._hi
+        keep = end - pos  # bytes of the current window from pos on
+        if keep < 0:
+            raise ValueError("a stream source cannot skip bytes it has not handed out")
+        if pos + want > end and not self._eof:
+            if keep > self._head and pos != self._short_at:
+                self._short_at = pos  # too long to carry: indexed where it is
+            else:
+                self._next(pos, keep, want)
+                end = self._base + self._hi
+        return self._buf, self._base, pos - self._base, min(pos + want, end) - self._base
+
+    def _next(self, pos: int, keep: int, want: int) -> None:
+        if self._prev is not None:  # no one reads the window before the current one any more
+            buf, held = self._prev
+            if self.before_refill is not None:
+                self.before_refill(buf)
+            for b in held:
+                self._ahead.give(b)
+        carried = self._buf[self._hi - keep : self._hi] if keep > 0 else self._buf[:0]
+        seg, n = self._ahead.take()
+        eof = n < self._segment
+        if keep > self._head or (keep + n < want and not eof and pos == self._short_at):
+            new, hi, eof = self._gather(carried, seg, n, want, eof)
+            lo, held = 0, []
+        else:
+            new, lo, hi, held = seg, self._head - keep, self._head + n, [seg]
+            new[lo : self._head] = carried
+            if keep + n < want and not eof:
+                self._short_at = pos
+        self._prev = (self._buf, self._held)
+        self._buf, self._held = new, held
+        self._base, self._lo, self._hi, self._eof = pos - lo, lo, hi, eof
+
+    def _gather(
+        self, carried: Bytes, seg: Bytes, n: int, want: int, eof: bool
+    ) -> tuple[Bytes, int, bool]:
+        """(a buffer of its own holding the carried bytes and whole segments after them until
+        `want` bytes or the end, its byte count, whether the stream ended). Each segment goes
+        back to the helper once copied, so that it can go on filling."""
+        keep = len(carried)
+        out = np.empty(max(want + self._segment, keep + n), dtype=np.uint8)
+        out[:keep] = carried
+        total = keep
+        while True:
+            out[total : total + n] = seg[self._head : self._head + n]
+            total += n
+            self._ahead.give(seg)
+            if total >= want or eof:
+                return out, total, eof
+            seg, n = self._ahead.take()
+            eof = n < self._segment
+
+    def at_end(self, pos: int) -> bool:
+        return self._eof and pos >= self._base + self._hi
+
+    def progress(self, pos: int) -> tuple[int, int]:
+        done = pos if self._consumed is None else self._consumed()
+        return done, max(self.disk_size, done)
+
+    def close(self) -> None:
+        self._ahead.close()
+
+
+class _Prefetcher:
+    """Fills buffers from `read_into` on a helper thread, in order, each with `segment` bytes
+    behind `head` free ones (fewer only at the end); an error reaches the reader where it
+    happened in the stream."""
+
+    def __init__(
+        self, read_into: Callable[[memoryview, int], int], segment: int, head: int, count: int
+    ) -> None:
         self._source = read_into
-        self._full: queue.Queue[tuple[Bytes, int] | BaseException | None] = queue.Queue()
+        self._segment, self._head = segment, head
+        self._full: queue.Queue[tuple[Bytes, int] | BaseException] = queue.Queue()
         self._free: queue.Queue[Bytes] = queue.Queue()
-        for _ in range(self.DEPTH):
-            self._free.put(np.empty(self.CHUNK, dtype=np.uint8))
+        for _ in range(count):
+            self._free.put(np.empty(head + segment, dtype=np.uint8))
         self._stop = threading.Event()
-        self._chunk: Bytes | None = None
-        self._at = self._len = 0
-        self._done = False
+        self._ended = False  # the reader has taken the last buffer, or an error
         self._thread = threading.Thread(target=self._produce, name="pcapslim-read", daemon=True)
         self._thread.start()
 
@@ -225,51 +322,41 @@ class _ReadAhead:
                 buf = self._free.get()
                 if self._stop.is_set():
                     break
-                view = memoryview(buf)  # type: ignore[arg-type]
+                view = memoryview(buf)[self._head :]  # type: ignore[arg-type]
                 n = 0
-                while n < self.CHUNK:
+                while n < self._segment:
                     got = self._source(view[n:], offset + n)
                     if got == 0:
                         break
                     n += got
                 offset += n
                 self._full.put((buf, n))
-                if n < self.CHUNK:
-                    self._full.put(None)  # the end
-                    return
+                if n < self._segment:
+                    return  # the end
         except BaseException as e:  # delivered to the reader, in order
             self._full.put(e)
 
-    def read_into(self, view: memoryview, offset: int) -> int:
-        if self._at == self._len:
-            if self._done:
-                return 0
-            if self._chunk is not None:
-                self._free.put(self._chunk)
-                self._chunk = None
-            item = self._full.get()
-            if item is None:
-                self._done = True
-                return 0
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._chunk, self._len = item
-            self._at = 0
-            if self._len == 0:
-                return self.read_into(view, offset)
-        assert self._chunk is not None
-        n = min(len(view), self._len - self._at)
-        view[:n] = memoryview(self._chunk)[self._at : self._at + n]  # type: ignore[arg-type]
-        self._at += n
-        return n
+    def take(self) -> tuple[Bytes, int]:
+        """The next filled buffer and its byte count (short of a segment: the last one)."""
+        if self._ended:
+            return np.empty(self._head, dtype=np.uint8), 0
+        item = self._full.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        self._ended = item[1] < self._segment
+        return item
+
+    def give(self, buf: Bytes) -> None:
+        """A buffer taken earlier that no one reads any more."""
+        self._free.put(buf)
 
     def close(self) -> None:
         self._stop.set()
         self._free.put(np.empty(0, dtype=np.uint8))  # wake the helper if it waits for room
         while self._thread.is_alive():
             try:
-                self._full.get(timeout=0.05)  # or for the reader to take a chunk
+                self._full.get(timeout=0.05)  # or for the reader to take a buffer
             except queue.Empty:
                 pass
         self._thread.join()
@@ -287,8 +374,8 @@ def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> St
     return StreamSource(read_into, capacity, os.fstat(fd).st_size)
 
 
-class DecompressedSource(StreamSource):
-    """What a gzip or zstd file decompresses to, as a stream."""
+class DecompressedSource(PrefetchSource):
+    """What a gzip or zstd file decompresses to, as a stream decompressed ahead."""
 
     def __init__(
         self, fd: int, codec: str, capacity: int, path: str, follow: Growing | None = None
@@ -299,14 +386,13 @@ class DecompressedSource(StreamSource):
         def read_into(view: memoryview, offset: int) -> int:
             return self._dec.readinto(view)
 
-        super().__init__(
-            read_into, capacity, self._dec.disk_size, lambda: self._dec.consumed, read_ahead=True
-        )
+        super().__init__(read_into, capacity, self._dec.disk_size, lambda: self._dec.consumed)
 
     def file_bytes_read(self, pos: int) -> int:
         return self._dec.consumed
 
     def close(self) -> None:
+        super().close()
         self._dec.close()
 
 
