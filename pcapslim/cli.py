@@ -644,4 +644,8 @@ class _Bars:
 
 
 def main() -> None:
+    # NumPy's OpenBLAS starts a thread per core on import that spins for about 0.1 s of CPU
+    # before it sleeps; the command does no linear algebra, and on a small sensor that spin
+    # takes a core from the start of every run
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app(prog_name="pcap-slim")

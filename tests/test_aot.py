@@ -253,3 +253,28 @@ def test_the_compiled_kernels_release_the_gil():  # type: ignore[no-untyped-def]
     t.join()
     inside = sum(call[0] < x < call[1] for x in turns)
     assert inside > 100, (inside, len(turns), (call[1] - call[0]) / 1e6)
+
+
+THREADS_AFTER = """
+import os, sys
+if sys.argv[1] == "numpy-first":
+    import numpy  # noqa: F401  (as a program that imports NumPy itself before the command)
+from pcapslim.cli import main
+sys.argv = ["pcap-slim", *sys.argv[2:]]
+try:
+    main()
+except SystemExit as e:
+    rc = e.code
+print("RC", rc, len(os.listdir("/proc/self/task")), file=sys.stderr)
+"""
+
+
+def test_the_command_starts_no_blas_threads():  # type: ignore[no-untyped-def]
+    """NumPy's OpenBLAS would start a thread per core that spins at start-up; the command
+    does no linear algebra and keeps to its own threads (all ended after a check-only run)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    args = ["--single", str(SAMPLE), "--check-only"]
+    assert _modules_after(THREADS_AFTER, "command", *args, env=env) == "RC 0 1"
+    control = _modules_after(THREADS_AFTER, "numpy-first", *args, env=env).split()
+    if (os.cpu_count() or 1) > 1:  # NumPy imported first starts them: the check can fail
+        assert control[:2] == ["RC", "0"] and int(control[2]) > 1, control
