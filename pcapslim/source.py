@@ -140,14 +140,9 @@ class StreamSource(Source):
     stable_windows = True
 
     def __init__(
-        self,
-        read_into: Callable[[memoryview, int], int],
-        capacity: int,
-        disk_size: int,
-        consumed: Callable[[], int] | None = None,
+        self, read_into: Callable[[memoryview, int], int], capacity: int, disk_size: int
     ) -> None:
         self._read_into = read_into
-        self._consumed = consumed
         self.disk_size = disk_size
         self._bufs: list[Bytes] = [np.empty(capacity, dtype=np.uint8) for _ in range(2)]
         self._cur = 0  # the buffer of the current window
@@ -185,8 +180,7 @@ class StreamSource(Source):
         return self._eof and pos >= self._base + self._filled
 
     def progress(self, pos: int) -> tuple[int, int]:
-        done = pos if self._consumed is None else self._consumed()
-        return done, max(self.disk_size, done)  # a followed file grows past its first size
+        return pos, max(self.disk_size, pos)  # a followed file grows past its first size
 
     def close(self) -> None:
         pass
