@@ -246,22 +246,18 @@ def _run(
     scheduler: str | None = None,
 ) -> int:
     from .shutdown import Shutdown
-    from .throttle import CpuThrottle, IoThrottle
+    from .throttle import throttles
 
     t0 = time.perf_counter()
     shutdown = Shutdown()
     shutdown.install()
     # the throttles start before the engine loads, so loading it is charged to the CPU budget
-    io = IoThrottle(max_io_mbps, sleep=shutdown.sleep) if max_io_mbps else None
-    cpu = (
-        CpuThrottle(max_cpu_percent, cpu_backoff_above, cpu_backoff_strength, shutdown.sleep)
-        if max_cpu_percent is not None or cpu_backoff_above is not None
-        else None
+    io, cpu = throttles(
+        max_io_mbps, max_cpu_percent, cpu_backoff_above, cpu_backoff_strength, shutdown.sleep
     )
 
     from . import kernelset
 
-    _skip_blas_probe()
     try:
         kernels = kernelset.active()
     except kernelset.KernelChoiceError as e:
@@ -498,10 +494,13 @@ def _watch(
     return code
 
 
-def _skip_blas_probe() -> None:
-    """numba probes for a BLAS the first time it loads a kernel, by importing scipy.linalg: 0.5 to
-    0.7 s of start-up when SciPy is installed. The kernels use no linear algebra, so in the
-    command's own process the probe is told there is none."""
+def _no_linear_algebra() -> None:
+    """The kernels use no linear algebra; in the command's own process, two start-up costs of
+    it are not paid. NumPy's OpenBLAS starts a thread per core on import that spins for about
+    0.1 s of CPU before it sleeps (on a small sensor, a core taken from the start of every run):
+    it is kept to one thread. numba probes for a BLAS the first time it loads a kernel, by
+    importing scipy.linalg (0.5 to 0.7 s when SciPy is installed): it is told there is none."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     sys.modules.setdefault("scipy.linalg.cython_blas", None)  # type: ignore[arg-type]
 
 
@@ -644,8 +643,5 @@ class _Bars:
 
 
 def main() -> None:
-    # NumPy's OpenBLAS starts a thread per core on import that spins for about 0.1 s of CPU
-    # before it sleeps; the command does no linear algebra, and on a small sensor that spin
-    # takes a core from the start of every run
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    _no_linear_algebra()
     app(prog_name="pcap-slim")

@@ -59,18 +59,19 @@ def _job(opts: Options) -> co.Job:
     with _jobs_lock:
         job = _jobs.get(opts)
         if job is None:
-            from .throttle import CpuThrottle, IoThrottle
+            from .throttle import throttles
 
-            cpu = None
-            if opts.max_cpu_percent is not None or opts.cpu_backoff_above is not None:
-                cpu = CpuThrottle(
-                    opts.max_cpu_percent, opts.cpu_backoff_above, opts.cpu_backoff_strength
-                )
+            io, cpu = throttles(
+                opts.max_io_mbps,
+                opts.max_cpu_percent,
+                opts.cpu_backoff_above,
+                opts.cpu_backoff_strength,
+            )
             job = co.Job(
                 check_only=opts.check_only,
                 use_mmap=opts.use_mmap,
                 rules=opts.rules,
-                io=IoThrottle(opts.max_io_mbps) if opts.max_io_mbps else None,
+                io=io,
                 cpu=cpu,
                 compress_level=opts.compress_level,
                 offset_map=opts.offset_map,

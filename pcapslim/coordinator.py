@@ -29,8 +29,7 @@ from .errors import (
     VerificationError,
 )
 from .inuse import being_written
-from .offsetmap import SUFFIX as OFFSETS_SUFFIX
-from .offsetmap import OffsetMapWriter
+from .offsetmap import OffsetMapWriter, map_path
 from .shutdown import Shutdown
 from .stats import SlimStats
 from .throttle import CpuThrottle, IoThrottle
@@ -49,6 +48,7 @@ STATUS_MARKED = "skipped_marker"
 STATUS_BUSY = "skipped_busy"
 STATUS_FAIL = "fail"
 STATUS_ABANDONED = "abandoned"  # a stop was requested before it was finished
+STATUSES = (STATUS_OK, STATUS_MARKED, STATUS_BUSY, STATUS_FAIL, STATUS_ABANDONED)
 
 FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
 
@@ -295,8 +295,9 @@ class _PendingMap:
     marked file always has the map of its last slimming."""
 
     def __init__(self, path: Path) -> None:
-        self.final = marker_path(path).with_name(path.name + OFFSETS_SUFFIX)
+        self.final = Path(map_path(marker_path(path)))
         self.tmp = self.final.with_name(self.final.name + TMP_SUFFIX)
+        self.committed = False
         self._fh = os.fdopen(_marker_file(path, self.tmp.name), "wb")
         self.writer = OffsetMapWriter(self._fh)
 
@@ -311,7 +312,7 @@ class _PendingMap:
     def discard(self) -> None:
         """The capture was not replaced: no map of a slimming that did not happen."""
         self._fh.close()
-        for p in (self.tmp, self.final) if getattr(self, "committed", False) else (self.tmp,):
+        for p in (self.tmp, self.final) if self.committed else (self.tmp,):
             try:
                 os.unlink(p)
             except FileNotFoundError:
@@ -350,14 +351,13 @@ class _ThrottledSink(FdSink):
             self.io.account(len(data))
 
 
-def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting, decide: bool = True) -> SlimStats:
+def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
     return process(
         path,
         fd,
         None,
         on_progress=acct,
         use_mmap=job.use_mmap,
-        decide=decide,
         rules=job.rules,
         compress_level=job.compress_level,
         compress_threads=job.compress_threads,

@@ -143,7 +143,6 @@ class CompressedSink:
     def __init__(self, inner: FdSink | None, codec: str, level: int | None, threads: int) -> None:
         self.inner = inner
         self.codec, self.level, self.threads = codec, level, threads
-        self.written = 0  # slim bytes, before compression
         self._counted = 0
         self._start()
 
@@ -158,7 +157,6 @@ class CompressedSink:
 
     def write(self, data: Bytes) -> None:
         self._z.write(data)
-        self.written += len(data)
 
     def patch(self, offset: int, data: bytes) -> None:
         raise AssertionError("a compressed stream cannot be patched behind its end")
@@ -175,7 +173,7 @@ class CompressedSink:
         self._z.finish()  # ended now, so that nothing of it reaches the new stream later
         if self.inner is not None:
             self.inner.truncate()
-        self.written = self._counted = 0
+        self._counted = 0
         self._start()
 
 
@@ -317,7 +315,7 @@ def process(
                 stats = run.stats = SlimStats(path=path, rules=rules)
                 continue
             if follow is not None:  # its size was not known when reading began
-                stats.in_bytes = src.file_bytes_read(end)
+                stats.in_bytes = src.progress(end)[0]
         break
     stats.in_bytes_uncompressed = end
     stats.out_bytes_uncompressed = out_pos

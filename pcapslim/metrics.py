@@ -13,12 +13,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .constants import CATEGORY_NAMES
+from .coordinator import STATUS_OK, STATUSES
 from .errors import PcapslimError
 
 if TYPE_CHECKING:
     from .coordinator import FileResult
-
-STATUSES = ("ok", "skipped_marker", "skipped_busy", "fail", "abandoned")
 
 
 def require() -> None:
@@ -69,7 +68,7 @@ class Metrics:
         with self._lock:
             self.files.labels(result.status).inc()
             s = result.stats
-            if result.status == "ok" and s is not None:
+            if result.status == STATUS_OK and s is not None:
                 self.bytes_in.inc(s.in_bytes)
                 self.bytes_out.inc(s.out_bytes)
                 self.bytes_saved.inc(max(s.in_bytes - s.out_bytes, 0))

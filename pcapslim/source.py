@@ -47,13 +47,9 @@ class Source:
         raise NotImplementedError
 
     def progress(self, pos: int) -> tuple[int, int]:
-        """(bytes of the file read to reach capture offset pos, the file's size)."""
+        """(bytes of the file read to reach capture offset pos, the file's size: at least
+        that many, for a file still growing while it is read)."""
         return min(pos, self.disk_size), self.disk_size
-
-    def file_bytes_read(self, pos: int) -> int:
-        """Bytes of the file read to reach capture offset pos (a file that grew while it was
-        read has no size given in advance)."""
-        return pos
 
     def close(self) -> None:
         raise NotImplementedError
@@ -381,9 +377,6 @@ class DecompressedSource(PrefetchSource):
             return self._dec.readinto(view)
 
         super().__init__(read_into, capacity, self._dec.disk_size, lambda: self._dec.consumed)
-
-    def file_bytes_read(self, pos: int) -> int:
-        return self._dec.consumed
 
     def close(self) -> None:
         super().close()

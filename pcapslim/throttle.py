@@ -117,3 +117,18 @@ class CpuThrottle:
             cpu = self._cpu_seconds()
             used, self._last_cpu = cpu - self._last_cpu, cpu
         self.sleep(self.bucket.spend(used))
+
+
+def throttles(
+    max_io_mbps: float | None,
+    max_cpu_percent: float | None,
+    backoff_above: float | None,
+    strength: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[IoThrottle | None, CpuThrottle | None]:
+    """The throttles the command-line options ask for (None where not asked)."""
+    io = IoThrottle(max_io_mbps, sleep) if max_io_mbps else None
+    cpu = None
+    if max_cpu_percent is not None or backoff_above is not None:
+        cpu = CpuThrottle(max_cpu_percent, backoff_above, strength, sleep)
+    return io, cpu

@@ -28,6 +28,7 @@ from typing import Any
 from . import coordinator as co
 from .errors import PcapslimError
 from .inuse import being_written
+from .report import counts
 from .sdnotify import Notifier
 from .shutdown import Shutdown
 
@@ -72,10 +73,7 @@ class Watcher:
         self._failed: dict[str, tuple[int, int]] = {}  # failed as it is: (mtime, size)
 
     def status(self) -> str:
-        c = {"ok": 0, "skip": 0, "fail": 0}
-        for r in self.results:
-            key = r.status if r.status in ("ok", "fail") else "skip"
-            c[key] += 1
+        c = counts(self.results)
         return (
             f"watching {self.directory}: ok={c['ok']} skip={c['skip']} fail={c['fail']}, "
             f"{len(self._busy)} in progress, {len(self._queue)} waiting"
