@@ -291,16 +291,13 @@ def _run_once(
     return wall, peak[0], out_bytes
 
 
-def _floor_median(s: Scenario, out_bytes: int, work: Path, times: int) -> float | None:
+def _floor_median(s: Scenario, out_bytes: int, work: Path, times: int) -> float:
     """The floor measured `times` times, each on fresh copies: its median (one measurement of
     the tools' own runs varies by a third here)."""
-    got = [_floor(s, out_bytes, work) for _ in range(max(times, 1))]
-    return statistics.median(g for g in got if g is not None) if got[0] is not None else None
+    return statistics.median(_floor(s, out_bytes, work) for _ in range(max(times, 1)))
 
 
-def _floor(s: Scenario, out_bytes: int, work: Path) -> float | None:
-    if not s.floor:
-        return None
+def _floor(s: Scenario, out_bytes: int, work: Path) -> float:
     inputs = _fresh_inputs(s, work)
     total = 0.0
     parts = s.floor.split("+")
