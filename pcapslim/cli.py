@@ -528,6 +528,7 @@ def _process(
 
     from . import report
     from .coordinator import STATUS_MARKED, slim_in_place
+    from .shutdown import signals_to_main
 
     bars = _Bars(files) if show_progress else None
     if bars is not None:
@@ -560,12 +561,15 @@ def _process(
             bars.finish(str(files[i]))
 
     try:
-        if bars is not None:
-            bars.start()
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(workers, len(files) or 1)), thread_name_prefix="pcapslim-file"
-        ) as pool:
+        with signals_to_main():  # the progress bars' thread, and the workers
+            if bars is not None:
+                bars.start()
+            pool = ThreadPoolExecutor(
+                max_workers=max(1, min(workers, len(files) or 1)),
+                thread_name_prefix="pcapslim-file",
+            )
             futures = [pool.submit(one, i) for i in range(len(files))]
+        with pool:
             for i, f in enumerate(futures):
                 f.result()
                 done[i] = True

@@ -12,11 +12,28 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from .errors import Abandoned
 
 GRACE_SECONDS = 7.0  # finishing what is in progress: abandoned well within 10 s of the signal
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def signals_to_main() -> Iterator[None]:
+    """Threads started in this block (from the main thread) have the stop signals blocked (a
+    thread inherits its creator's mask), so the kernel delivers them to the main thread, whose
+    handler runs at once. Received by another thread, a signal waits until the main thread
+    wakes from whatever it waits on, and a worker could meanwhile take a new file. A signal
+    that arrives in the block is delivered at its end."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Shutdown:
@@ -79,5 +96,5 @@ class Shutdown:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, handler)

@@ -30,7 +30,7 @@ from .errors import PcapslimError
 from .inuse import being_written
 from .report import counts
 from .sdnotify import Notifier
-from .shutdown import Shutdown
+from .shutdown import Shutdown, signals_to_main
 
 RESCAN_SECONDS = 60.0
 MAX_SLEEP = 3600.0  # the loop wakes at least this often, even with nothing to wait for
@@ -188,7 +188,8 @@ class Watcher:
             if len(self._busy) >= self.workers:
                 return
             del self._queue[name]
-            fut = pool.submit(co.slim_in_place, self.directory / name, self.job)
+            with signals_to_main():  # a worker the pool starts for it
+                fut = pool.submit(co.slim_in_place, self.directory / name, self.job)
             fut.add_done_callback(lambda _: _poke(wake_w))
             self._busy[name] = fut
 

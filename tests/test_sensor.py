@@ -331,6 +331,31 @@ def test_a_stopped_one_shot_run_takes_no_new_file(tmp_path):  # type: ignore[no-
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_only_the_main_thread_takes_the_stop_signals(tmp_path):  # type: ignore[no-untyped-def]
+    """Every other thread of a run blocks SIGTERM and SIGINT, so the kernel hands them to the
+    main thread, whose handler runs at once. Had a worker received one, it would have waited
+    for the main thread to wake (at the end of the file in progress), and the worker would
+    have taken the next file meanwhile."""
+    for i in range(3):
+        (tmp_path / f"f{i}.pcap").write_bytes(capture(200, 10))
+    argv = [*CLI, "--dir", str(tmp_path), "--max-io-mbps", "0.2", "--workers", "2",
+            "--output", "json"]  # fmt: skip
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: any(tmp_path.glob("*.tmp")), 20)
+        stop = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        blocked = {}
+        for task in Path(f"/proc/{p.pid}/task").iterdir():
+            status = (task / "status").read_text()
+            blocked[int(task.name)] = int(status.split("SigBlk:")[1].split()[0], 16) & stop
+        assert blocked.pop(p.pid) == 0  # the main thread takes them
+        assert len(blocked) >= 2 and set(blocked.values()) == {stop}, blocked
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+
+
 # --- systemd --------------------------------------------------------------------------------
 
 
