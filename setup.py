@@ -29,7 +29,7 @@ class BuildKernels(build_ext):
         sys.path.insert(0, HERE)  # the kernels of this source tree
         try:
             from pcapslim.kernels import aot
-            from pcapslim.kernelset import sources_digest
+            from pcapslim.kernelsources import sources_digest
 
             aot.compile_module(path, sources_digest(), verbose=bool(self.verbose))
         except Exception as e:  # noqa: BLE001 - any failure leaves the JIT in charge

@@ -152,16 +152,19 @@ def main() -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from pcapslim import coordinator as co
+    from pcapslim.run import Options, build_job
+
+    job = build_job(Options(check_only=True))
 
     files = sorted(ddir.glob("*.pcap"))
-    co.slim_in_place(files[0], co.Job(check_only=True))  # load the kernels
+    co.slim_in_place(files[0], job)  # load the kernels
     inproc: dict[int, float] = {}
     for workers in (1, 2):
         walls = []
         for _ in range(a.repeat):
             t0 = time.perf_counter()
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda f: co.slim_in_place(f, co.Job(check_only=True)), files))
+                list(pool.map(lambda f: co.slim_in_place(f, job), files))
             walls.append(time.perf_counter() - t0)
         inproc[workers] = total_mb / statistics.median(walls)
         print(f"in-process check-only, {workers} thread(s): {inproc[workers]:.0f} MB/s")

@@ -13,11 +13,18 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from .api import analyze_file, slim_file
     from .errors import CorruptCaptureError, PcapslimError, UnknownFormatError
+    from .results import FileResult
+    from .run import Options, slim_dir, slim_files, watch_dir
     from .stats import SlimStats
 
 _LAZY = {
     "analyze_file": "api",
     "slim_file": "api",
+    "slim_dir": "run",
+    "slim_files": "run",
+    "watch_dir": "run",
+    "Options": "run",
+    "FileResult": "results",
     "CorruptCaptureError": "errors",
     "PcapslimError": "errors",
     "UnknownFormatError": "errors",
@@ -26,12 +33,17 @@ _LAZY = {
 
 __all__ = [
     "CorruptCaptureError",
+    "FileResult",
+    "Options",
     "PcapslimError",
     "SlimStats",
     "UnknownFormatError",
     "__version__",
     "analyze_file",
+    "slim_dir",
     "slim_file",
+    "slim_files",
+    "watch_dir",
 ]
 
 

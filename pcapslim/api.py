@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-from .engine import FdSink, ProgressCallback, process
+from .engine import ProgressCallback, process
 from .errors import PcapslimError
+from .sinks import FdSink
+from .source import open_capture
 from .stats import SlimStats
 
 
@@ -21,7 +23,7 @@ def analyze_file(
     or "forensic" (SPEC §8). A gzip or zstd file is read through its decompressor, and its
     `out_bytes` are what the slim copy would take compressed (at `compress_level`)."""
     name = os.fspath(path)
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_capture(name)
     try:
         return process(
             name,
@@ -55,7 +57,7 @@ def slim_file(
             f"{src_name}: source and destination are the same file; use the pcap-slim "
             "command to slim a file in place"
         )
-    in_fd = os.open(src_name, os.O_RDONLY | os.O_CLOEXEC)
+    in_fd = open_capture(src_name)
     try:
         out_fd = os.open(dst_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:

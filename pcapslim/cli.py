@@ -1,7 +1,10 @@
-"""The pcap-slim command: a thin typed front over the coordinator, with rich progress bars.
+"""The pcap-slim command: a thin typed front over the run layer (pcapslim.run).
 
-Only typer loads at start-up; the engine (and numba) loads inside the command, so `--help` and
-`--version` answer at once.
+The flags become one `Options`; `--single`, `--dir` and `--watch` each become one call of the
+run layer; this module prints what it hears back (the human lines and rich progress bars on
+stderr, the JSON report on stdout) and turns the outcome into the exit code. Only typer loads at
+start-up; the engine (and numba with it) loads inside the run, so `--help` and `--version`
+answer at once.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import enum
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,20 +20,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import __version__
+from .errors import EXIT_FAIL, EXIT_OK, DirectoryError, PcapslimError, UsageError
+from .run import LIMITS, Options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rich.progress import TaskID
 
-    from .cluster import Options as ClusterOptions
-    from .coordinator import FileResult, Job
-    from .metrics import Metrics
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-MMAP_MAX_WORKERS = 2  # default I/O: mmap with up to this many workers, buffered reads above
+    from .results import FileResult
 
 
 class Output(enum.StrEnum):
@@ -45,19 +44,23 @@ class Rules(enum.StrEnum):
 def _version(value: bool) -> None:
     """`pcap-slim X.Y.Z (kernels: ...)`: which kernels a run would use, and why."""
     if value:
-        from .kernelset import KernelChoiceError, describe
+        from .kernelset import describe
 
         try:
             kernels = describe()
-        except KernelChoiceError as e:
+        except PcapslimError as e:
             _err(f"pcap-slim: {e}")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(e.exit_code) from None
         typer.echo(f"pcap-slim {__version__} (kernels: {kernels})")
         raise typer.Exit(EXIT_OK)
 
 
-def _usage(msg: str) -> typer.BadParameter:
-    return typer.BadParameter(msg)
+def _lo(name: str) -> float | None:
+    return LIMITS[name][0]
+
+
+def _hi(name: str) -> float | None:
+    return LIMITS[name][1]
 
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
@@ -75,10 +78,16 @@ def slim(
     ] = None,
     single: Annotated[Path | None, typer.Option("--single", help="Slim one file in place.")] = None,
     workers: Annotated[
-        int, typer.Option(min=1, max=256, help="Files processed at once (--dir).")
+        int,
+        typer.Option(
+            min=_lo("workers"), max=_hi("workers"), help="Files processed at once (--dir)."
+        ),
     ] = 1,
     age_minutes: Annotated[
-        float, typer.Option(min=0, help="--dir only: skip files modified less than N minutes ago.")
+        float,
+        typer.Option(
+            min=_lo("age_minutes"), help="--dir only: skip files modified less than N minutes ago."
+        ),
     ] = 0,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the files that would be slimmed; write nothing.")
@@ -89,22 +98,33 @@ def slim(
     output: Annotated[Output, typer.Option(help="Report format.")] = Output.human,
     max_io_mbps: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Cap read+write throughput, decimal MB/s, all workers."),
+        typer.Option(
+            min=_lo("max_io_mbps"), help="Cap read+write throughput, decimal MB/s, all workers."
+        ),
     ] = None,
     max_cpu_percent: Annotated[
         float | None,
-        typer.Option(min=1, max=100, help="Cap this process's share of the machine's CPU."),
+        typer.Option(
+            min=_lo("max_cpu_percent"),
+            max=_hi("max_cpu_percent"),
+            help="Cap this process's share of the machine's CPU.",
+        ),
     ] = None,
     cpu_backoff_above: Annotated[
         float | None,
         typer.Option(
-            min=0,
-            max=100,
+            min=_lo("cpu_backoff_above"),
+            max=_hi("cpu_backoff_above"),
             help="Lower the CPU target while the rest of the machine uses more than F %.",
         ),
     ] = None,
     cpu_backoff_strength: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="How hard to back off, 0.0-1.0.")
+        float,
+        typer.Option(
+            min=_lo("cpu_backoff_strength"),
+            max=_hi("cpu_backoff_strength"),
+            help="How hard to back off, 0.0-1.0.",
+        ),
     ] = 0.5,
     mmap: Annotated[bool, typer.Option("--mmap", help="Force memory-mapped reads.")] = False,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Force buffered reads.")] = False,
@@ -137,7 +157,10 @@ def slim(
     ] = None,
     rescan_seconds: Annotated[
         float,
-        typer.Option(min=1, help="--watch: look through the directory this often as well."),
+        typer.Option(
+            min=_lo("rescan_seconds"),
+            help="--watch: look through the directory this often as well.",
+        ),
     ] = 60.0,
     metrics_file: Annotated[
         Path | None,
@@ -146,8 +169,8 @@ def slim(
     compress_level: Annotated[
         int | None,
         typer.Option(
-            min=1,
-            max=19,
+            min=_lo("compress_level"),
+            max=_hi("compress_level"),
             help="Compressed captures: the level of the slim copy (gzip 1-9, default 6; zstd "
             "1-19, default 3).",
         ),
@@ -165,54 +188,57 @@ def slim(
     """Slim packet captures in place: keep every packet, header and handshake; cut encrypted
     payloads to their first 24 bytes."""
     if (dir is None) == (single is None):
-        raise _usage("give exactly one of --dir and --single")
+        raise typer.BadParameter("give exactly one of --dir and --single")
     if mmap and no_mmap:
-        raise _usage("--mmap and --no-mmap exclude each other")
-    if dry_run and check_only:
-        raise _usage("--dry-run and --check-only exclude each other")
+        raise typer.BadParameter("--mmap and --no-mmap exclude each other")
     if single is not None and age_minutes:
-        raise _usage("--age-minutes applies to --dir only")
-    if watch and dir is None:
-        raise _usage("--watch applies to --dir only")
-    if (recursive or scheduler) and dir is None:
-        raise _usage("--recursive and --scheduler apply to --dir only")
-    if watch and (recursive or scheduler):
-        raise _usage("--watch watches one directory here; it excludes --recursive and --scheduler")
-    if watch and (dry_run or check_only):
-        raise _usage("--watch slims files; it excludes --dry-run and --check-only")
-    if offset_map and (dry_run or check_only):
-        raise _usage(
-            "--offset-map is written when files are slimmed, not with --dry-run or --check-only"
+        raise typer.BadParameter("--age-minutes applies to --dir only")
+    if single is not None and watch:
+        raise typer.BadParameter("--watch applies to --dir only")
+    if single is not None and (recursive or scheduler):
+        raise typer.BadParameter("--recursive and --scheduler apply to --dir only")
+    from .shutdown import Shutdown
+
+    try:
+        options = Options(
+            rules=rules.value,
+            check_only=check_only,
+            dry_run=dry_run,
+            workers=workers,
+            age_minutes=age_minutes,
+            recursive=recursive,
+            mmap=True if mmap else False if no_mmap else None,
+            max_io_mbps=max_io_mbps,
+            max_cpu_percent=max_cpu_percent,
+            cpu_backoff_above=cpu_backoff_above,
+            cpu_backoff_strength=cpu_backoff_strength,
+            compress_level=compress_level,
+            offset_map=offset_map,
+            scheduler=scheduler,
+            rescan_seconds=rescan_seconds,
+            metrics_file=str(metrics_file) if metrics_file is not None else None,
+            stop=Shutdown(),
         )
-    use_mmap = True if mmap else False if no_mmap else workers <= MMAP_MAX_WORKERS
-    show_progress = (
-        (sys.stderr.isatty() and output is Output.human) if progress is None else progress
-    )
-    if output is Output.json:
-        show_progress = False if progress is None else progress
-    code = _run(
-        directory=dir,
-        single=single,
-        workers=workers,
-        age_minutes=age_minutes,
-        dry_run=dry_run,
-        check_only=check_only,
-        as_json=output is Output.json,
-        max_io_mbps=max_io_mbps,
-        max_cpu_percent=max_cpu_percent,
-        cpu_backoff_above=cpu_backoff_above,
-        cpu_backoff_strength=cpu_backoff_strength,
-        use_mmap=use_mmap,
-        rules=rules.value,
-        show_progress=show_progress and not watch,
-        watch=watch,
-        rescan_seconds=rescan_seconds,
-        metrics_file=metrics_file,
-        offset_map=offset_map,
-        compress_level=compress_level,
-        recursive=recursive,
-        scheduler=scheduler,
-    )
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
+    as_json = output is Output.json
+    if progress is None:
+        progress = sys.stderr.isatty() and not as_json
+    front = _Front(options, as_json, progress and not watch and not dry_run)
+    if watch:
+        assert dir is not None
+        code = front.watch(dir)
+    elif dir is not None:
+        code = front.slim(dir, directory=True)
+    else:
+        assert single is not None
+        code = front.slim(single, directory=False)
+    if options.stop is not None and options.stop.stranded:
+        # files left to threads blocked in the system: the report is out, the process ends
+        # without waiting for them (their tmp files are taken over by the next run)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 
@@ -221,372 +247,193 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-def _run(
-    *,
-    directory: Path | None,
-    single: Path | None,
-    workers: int,
-    age_minutes: float,
-    dry_run: bool,
-    check_only: bool,
-    as_json: bool,
-    max_io_mbps: float | None,
-    max_cpu_percent: float | None,
-    cpu_backoff_above: float | None,
-    cpu_backoff_strength: float,
-    use_mmap: bool,
-    rules: str,
-    show_progress: bool,
-    watch: bool = False,
-    rescan_seconds: float = 60.0,
-    metrics_file: Path | None = None,
-    offset_map: bool = False,
-    compress_level: int | None = None,
-    recursive: bool = False,
-    scheduler: str | None = None,
-) -> int:
-    from .shutdown import Shutdown
-    from .throttle import throttles
+class _Front:
+    """One run of the command: the run layer's callbacks become lines, bars and reports."""
 
-    t0 = time.perf_counter()
-    shutdown = Shutdown()
-    shutdown.install()
-    # the throttles start before the engine loads, so loading it is charged to the CPU budget
-    io, cpu = throttles(
-        max_io_mbps, max_cpu_percent, cpu_backoff_above, cpu_backoff_strength, shutdown.sleep
-    )
+    def __init__(self, options: Options, as_json: bool, show_progress: bool) -> None:
+        self.options = options
+        self.as_json = as_json
+        self.show_progress = show_progress
+        self.t0 = time.perf_counter()
+        self.bars: _Bars | None = None
+        self.lines: _Lines | None = None
 
-    from . import kernelset
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
-    try:
-        kernels = kernelset.active()
-    except kernelset.KernelChoiceError as e:
-        _err(f"pcap-slim: {e}")
-        return EXIT_USAGE
-    if kernels.fallback:
-        _err(
-            f"note: kernels: jit — {kernels.fallback}; reinstall pcapslim where a C compiler is "
-            "available for the ahead-of-time kernels (faster start, no compile on first use)"
-        )
-    from . import coordinator as co
-    from . import report
-    from .errors import PcapslimError
+    def slim(self, target: Path, directory: bool) -> int:
+        """--dir and --single: a line per file (in the order of the listing, or as the files
+        finish on a cluster), then the summary or the JSON report."""
+        from . import report, run
 
-    metrics = None
-    client = None
-    if scheduler is not None:  # before anything is touched
-        from . import cluster
-
-        try:
-            client = cluster.connect(scheduler)
-        except PcapslimError as e:
-            _err(f"pcap-slim: {e}")
-            return EXIT_FAIL
-    try:
-        if watch:
-            from . import watch as watching
-
-            watching.require()
-        if metrics_file is not None:
-            from . import metrics as m
-
-            m.require()
-            metrics = m.Metrics(metrics_file)
-            metrics.write()
-    except (PcapslimError, OSError) as e:
-        _err(f"pcap-slim: {e}")
-        return EXIT_FAIL if isinstance(e, OSError) else EXIT_USAGE
-    job = co.Job(
-        check_only=check_only,
-        use_mmap=use_mmap,
-        io=io,
-        cpu=cpu,
-        rules=rules,
-        shutdown=shutdown,
-        offset_map=offset_map,
-        compress_level=compress_level,
-        # zstd compresses on the cores the workers leave, none under a CPU cap
-        compress_threads=0 if cpu is not None else max(0, (os.cpu_count() or 1) // workers - 1),
-    )
-    if watch:
-        assert directory is not None
-        return _watch(directory, job, workers, age_minutes, as_json, rescan_seconds, metrics, t0)
-
-    if directory is not None:
-        try:
-            if not dry_run and not check_only:
-                for d in co.directories(directory, recursive):
-                    co.clean_stale_tmps(d)
-            files = co.pending_files(directory, age_minutes, recursive=recursive)
-        except OSError as e:
-            msg = f"{directory}: cannot read the directory: {e.strerror or e}"
-            if as_json:
-                print(
-                    report.json_report(
-                        [], int((time.perf_counter() - t0) * 1000), check_only, rules, error=msg
+        o = self.options
+        assert o.stop is not None
+        with o.stop.installed():
+            try:
+                if directory:
+                    results = run.slim_dir(
+                        target,
+                        self._with_progress(),
+                        on_result=self._result,
+                        on_listed=self._listed,
+                        on_notice=_err,
                     )
-                )
-            _err(f"FAIL {msg}")
-            return EXIT_FAIL
-    else:
-        assert single is not None
-        files = [single]
-
-    if dry_run:
-        for p in files:
-            if directory is None and _marked_quietly(p):
-                continue
-            if as_json:
-                print(report.dry_run_line(str(p)))
-            else:
-                _err(f"would slim: {p}")
-        if not as_json:
-            _err(f"dry-run: {len(files)} file(s) would be slimmed")
-        return EXIT_OK
-
-    try:
-        if client is not None:
-            results = _process_on_cluster(
-                client,
-                files,
-                _cluster_options(
-                    job, max_io_mbps, max_cpu_percent, cpu_backoff_above, cpu_backoff_strength
-                ),  # fmt: skip
-                as_json,
-                show_progress,
-                on_result=metrics.record if metrics is not None else None,
-            )
-        else:
-            results = _process(
-                files,
-                job,
-                workers,
-                as_json,
-                show_progress,
-                check_only,
-                list_marked=directory is None,
-                on_result=metrics.record if metrics is not None else None,
-            )
-    finally:
-        co.drain()
-        if client is not None:
-            client.close()
-        if metrics is not None:
-            metrics.write()
-    if directory is not None:  # marked files are not listed in --dir mode
-        results = [r for r in results if r.status != co.STATUS_MARKED]
-    elapsed = time.perf_counter() - t0
-    if as_json:
-        print(report.json_report(results, int(elapsed * 1000), check_only, rules))
-    else:
-        _err(report.human_summary(results, elapsed, check_only))
-    return EXIT_FAIL if any(r.status == co.STATUS_FAIL for r in results) else EXIT_OK
-
-
-def _cluster_options(
-    job: Job,
-    max_io_mbps: float | None,
-    max_cpu_percent: float | None,
-    cpu_backoff_above: float | None,
-    cpu_backoff_strength: float,
-) -> ClusterOptions:
-    from .cluster import Options
-
-    return Options(
-        check_only=job.check_only,
-        use_mmap=job.use_mmap,
-        rules=job.rules,
-        max_io_mbps=max_io_mbps,
-        max_cpu_percent=max_cpu_percent,
-        cpu_backoff_above=cpu_backoff_above,
-        cpu_backoff_strength=cpu_backoff_strength,
-        compress_level=job.compress_level,
-        offset_map=job.offset_map,
-    )
-
-
-def _process_on_cluster(
-    client: object,
-    files: list[Path],
-    opts: ClusterOptions,
-    as_json: bool,
-    show_progress: bool,
-    on_result: Callable[[FileResult], None] | None,
-) -> list[FileResult]:
-    """One task per file; a human line as each finishes (in the order they finish), the
-    overall progress bar advanced by whole files."""
-    from . import report
-    from .cluster import slim_paths
-    from .coordinator import STATUS_MARKED
-
-    bars = _Bars(files) if show_progress else None
-
-    def one(i: int, r: FileResult) -> None:
-        if on_result is not None:
-            on_result(r)
-        if bars is not None:
-            bars.finish(str(files[i]))
-        if not as_json and r.status != STATUS_MARKED:
-            line = report.human_line(r)
-            if bars is not None:
-                bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
-            else:
-                _err(line)
-
-    try:
-        if bars is not None:
-            bars.start()
-        return slim_paths(client, files, opts, one)
-    finally:
-        if bars is not None:
-            bars.stop()
-
-
-def _watch(
-    directory: Path,
-    job: Job,
-    workers: int,
-    age_minutes: float,
-    as_json: bool,
-    rescan_seconds: float,
-    metrics: Metrics | None,
-    t0: float,
-) -> int:
-    """--watch: a line (or JSON object) per file as each finishes, a summary at the end."""
-    from . import coordinator as co
-    from . import report
-    from .sdnotify import Notifier
-    from .watch import Watcher
-
-    assert job.shutdown is not None
-
-    def on_result(r: FileResult) -> None:
-        if as_json:
-            print(report.json_line(report.file_entry(r)), flush=True)
-        else:
-            _err(report.human_line(r))
-        if metrics is not None:
-            metrics.record(r)
-
-    notifier = Notifier()
-    watcher = Watcher(
-        directory, job, workers, age_minutes, job.shutdown, on_result, notifier, rescan_seconds
-    )
-    if metrics is not None:
-        metrics.set_watching(True)
-    code = EXIT_OK
-    try:
-        watcher.run()
-    except OSError as e:
-        _err(f"FAIL {directory}: cannot watch the directory: {e.strerror or e}")
-        code = EXIT_FAIL
-    finally:
-        co.drain()
-        if metrics is not None:
-            metrics.set_watching(False)
-        notifier.close()
-    elapsed = time.perf_counter() - t0
-    if as_json:
-        summary = report.summary(watcher.results, int(elapsed * 1000), False, job.rules)
-        print(report.json_line({"summary": summary}), flush=True)
-    else:
-        _err(report.human_summary(watcher.results, elapsed, False))
-    return code
-
-
-def _no_linear_algebra() -> None:
-    """The kernels use no linear algebra; in the command's own process, two start-up costs of
-    it are not paid. NumPy's OpenBLAS starts a thread per core on import that spins for about
-    0.1 s of CPU before it sleeps (on a small sensor, a core taken from the start of every run):
-    it is kept to one thread. numba probes for a BLAS the first time it loads a kernel, by
-    importing scipy.linalg (0.5 to 0.7 s when SciPy is installed): it is told there is none."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    sys.modules.setdefault("scipy.linalg.cython_blas", None)  # type: ignore[arg-type]
-
-
-def _marked_quietly(p: Path) -> bool:
-    from .coordinator import is_marked
-    from .errors import PcapslimError
-
-    try:
-        return is_marked(p)
-    except PcapslimError:
-        return False
-
-
-def _process(
-    files: list[Path],
-    job: Job,
-    workers: int,
-    as_json: bool,
-    show_progress: bool,
-    check_only: bool,
-    list_marked: bool,
-    on_result: Callable[[FileResult], None] | None = None,
-) -> list[FileResult]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from . import report
-    from .coordinator import STATUS_MARKED, slim_in_place
-    from .shutdown import signals_to_main
-
-    bars = _Bars(files) if show_progress else None
-    if bars is not None:
-        job.on_progress = bars.update
-    results: list[FileResult | None] = [None] * len(files)
-    done = [False] * len(files)
-    printed = 0
-
-    def emit_ready() -> None:
-        nonlocal printed
-        while printed < len(results) and (results[printed] is not None or done[printed]):
-            r = results[printed]
-            printed += 1
-            if r is None:
-                continue  # not taken: the run was stopped
-            if not as_json and (list_marked or r.status != STATUS_MARKED):
-                line = report.human_line(r)
-                if bars is not None:
-                    bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
                 else:
-                    _err(line)
+                    options = self._with_progress()
+                    self._listed([target])
+                    results = run.slim_files(
+                        [target], options, on_result=self._result, on_notice=_err
+                    )
+            except DirectoryError as e:
+                if self.as_json:
+                    print(report.json_report([], self._ms(), o.check_only, o.rules, error=str(e)))
+                _err(f"FAIL {e}")
+                return EXIT_FAIL
+            except PcapslimError as e:  # the options, the installation, the cluster
+                return _run_error(e)
+            finally:
+                self._stop_bars()
+            if self.lines is not None:
+                self.lines.flush()
+            if o.dry_run:
+                if not self.as_json:
+                    _err(f"dry-run: {len(results)} file(s) would be slimmed")
+                return EXIT_OK
+            if self.as_json:
+                print(report.json_report(results, self._ms(), o.check_only, o.rules))
+            else:
+                _err(report.human_summary(results, self.elapsed(), o.check_only))
+            return _exit_code(results)
 
-    def one(i: int) -> None:
-        if job.shutdown is not None and job.shutdown.requested:
-            return  # stopping: no new file (it is not listed)
-        results[i] = r = slim_in_place(files[i], job)
-        if on_result is not None:
-            on_result(r)
-        if bars is not None:
-            bars.finish(str(files[i]))
+    def watch(self, directory: Path) -> int:
+        """--watch: a line (or JSON object) per file as each finishes, a summary at the end."""
+        from . import report, run
+        from .sdnotify import Notifier
 
-    try:
-        with signals_to_main():  # the progress bars' thread, and the workers
-            if bars is not None:
-                bars.start()
-            pool = ThreadPoolExecutor(
-                max_workers=max(1, min(workers, len(files) or 1)),
-                thread_name_prefix="pcapslim-file",
-            )
-            futures = [pool.submit(one, i) for i in range(len(files))]
-        with pool:
-            for i, f in enumerate(futures):
-                f.result()
-                done[i] = True
-                emit_ready()
-    finally:
-        if bars is not None:
-            bars.stop()
-    emit_ready()
-    return [r for r in results if r is not None]
+        o = self.options
+        assert o.stop is not None
+        seen: list[FileResult] = []
+
+        def on_result(r: FileResult) -> None:
+            seen.append(r)
+            if self.as_json:
+                print(report.json_line(report.file_entry(r)), flush=True)
+            else:
+                _err(report.human_line(r))
+
+        notifier = Notifier()
+        code = EXIT_OK
+        with o.stop.installed():
+            try:
+                run.watch_dir(directory, o, on_result=on_result, on_notice=_err, notifier=notifier)
+            except DirectoryError as e:
+                _err(f"FAIL {e}")
+                code = EXIT_FAIL
+            except PcapslimError as e:
+                return _run_error(e)
+            finally:
+                notifier.close()
+            if self.as_json:
+                summary = report.summary(seen, self._ms(), False, o.rules)
+                print(report.json_line({"summary": summary}), flush=True)
+            else:
+                _err(report.human_summary(seen, self.elapsed(), False))
+        return code
+
+    def _ms(self) -> int:
+        return int(self.elapsed() * 1000)
+
+    def _with_progress(self) -> Options:
+        if not self.show_progress:
+            return self.options
+        from dataclasses import replace
+
+        self.bars = _Bars()
+        return replace(self.options, on_progress=self.bars.update)
+
+    def _listed(self, files: list[Path]) -> None:
+        """The files of the run, before the first is taken: the order of the human lines (a
+        cluster's come as they finish) and the size of the overall bar."""
+        if not self.as_json and self.options.scheduler is None and not self.options.dry_run:
+            self.lines = _Lines([str(p) for p in files], self._print)
+        if self.bars is not None:
+            self.bars.start(files)
+
+    def _result(self, r: FileResult) -> None:
+        """A file finished: its line (human), or, in a dry run, its JSON line."""
+        from . import report
+
+        if self.bars is not None:
+            self.bars.finish(r.path)
+        if self.as_json:
+            if self.options.dry_run:
+                print(report.json_line(report.file_entry(r)))
+        elif self.lines is not None:
+            self.lines.add(r)
+        else:
+            self._print(report.human_line(r))
+
+    def _print(self, line: str) -> None:
+        if self.bars is not None:
+            self.bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            _err(line)
+
+    def _stop_bars(self) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+
+def _run_error(e: PcapslimError) -> int:
+    """An error of the whole run, before any file was touched: options that exclude each other
+    are a usage error as typer words them; the installation and the cluster say what is wrong."""
+    if type(e) is UsageError:
+        raise typer.BadParameter(str(e)) from None
+    _err(f"pcap-slim: {e}")
+    return e.exit_code
+
+
+def _exit_code(results: list[FileResult]) -> int:
+    from .results import STATUS_FAIL
+
+    return EXIT_FAIL if any(r.status == STATUS_FAIL for r in results) else EXIT_OK
+
+
+class _Lines:
+    """Human lines in the order of the listing, each printed once every file before it has
+    been; `flush` prints the rest (files a stopped run never took have none)."""
+
+    def __init__(self, paths: list[str], emit: Callable[[str], None]) -> None:
+        self._index = {p: i for i, p in enumerate(paths)}
+        self._lines: list[str | None] = [None] * len(paths)
+        self._next = 0
+        self._emit = emit
+
+    def add(self, r: FileResult) -> None:
+        from . import report
+
+        i = self._index.get(r.path)
+        if i is None:
+            self._emit(report.human_line(r))
+            return
+        self._lines[i] = report.human_line(r)
+        while self._next < len(self._lines) and self._lines[self._next] is not None:
+            line = self._lines[self._next]
+            assert line is not None
+            self._emit(line)
+            self._next += 1
+
+    def flush(self) -> None:
+        for line in self._lines[self._next :]:
+            if line is not None:
+                self._emit(line)
+        self._next = len(self._lines)
 
 
 class _Bars:
     """One overall bar in bytes (rate, ETA) and one bar per file being worked on."""
 
-    def __init__(self, files: list[Path]) -> None:
-        import threading
-
+    def __init__(self) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -607,18 +454,18 @@ class _Bars:
             console=self.console,
             transient=False,
         )
-        sizes = {}
-        for p in files:
-            try:
-                sizes[str(p)] = os.stat(p).st_size
-            except OSError:
-                sizes[str(p)] = 0
-        self.total = self.progress.add_task("all files", total=sum(sizes.values()) or 1)
-        self.sizes = sizes
+        self.sizes: dict[str, int] = {}
         self.tasks: dict[str, tuple[TaskID, int]] = {}  # path -> (task id, bytes reported)
         self.lock = threading.Lock()
+        self.total: TaskID | None = None
 
-    def start(self) -> None:
+    def start(self, files: list[Path]) -> None:
+        for p in files:
+            try:
+                self.sizes[str(p)] = os.stat(p).st_size
+            except OSError:
+                self.sizes[str(p)] = 0
+        self.total = self.progress.add_task("all files", total=sum(self.sizes.values()) or 1)
         self.progress.start()
 
     def stop(self) -> None:
@@ -632,7 +479,8 @@ class _Bars:
             tid, last = self.tasks[path]
             self.tasks[path] = (tid, done)
         self.progress.update(tid, completed=done)
-        self.progress.advance(self.total, max(0, done - last))
+        if self.total is not None:
+            self.progress.advance(self.total, max(0, done - last))
 
     def finish(self, path: str) -> None:
         with self.lock:
@@ -641,9 +489,19 @@ class _Bars:
         if entry is not None:
             tid, last = entry
             self.progress.remove_task(tid)
-            self.progress.advance(self.total, max(0, expected - last))
-        else:
+            expected = max(0, expected - last)
+        if self.total is not None:
             self.progress.advance(self.total, expected)
+
+
+def _no_linear_algebra() -> None:
+    """The kernels use no linear algebra; in the command's own process, two start-up costs of
+    it are not paid. NumPy's OpenBLAS starts a thread per core on import that spins for about
+    0.1 s of CPU before it sleeps (on a small sensor, a core taken from the start of every run):
+    it is kept to one thread. numba probes for a BLAS the first time it loads a kernel, by
+    importing scipy.linalg (0.5 to 0.7 s when SciPy is installed): it is told there is none."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    sys.modules.setdefault("scipy.linalg.cython_blas", None)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -1,9 +1,15 @@
 """Slimming an archive on a Dask cluster (`pcap-slim --dir D --scheduler tcp://HOST:PORT`).
 
-One task per file, each running the same coordinator (SPEC §5 makes several slimmers on one
-directory safe) on a worker that sees the archive on shared storage. Results come back as the
-tasks finish; each names the worker that ran it. Throttles apply per worker process: every
-task in a worker process shares that process's I/O bucket and CPU budget.
+The run layer (pcapslim.run) schedules the files here as it does on local threads; this module
+only runs them on the cluster's workers: one task per file, each building its job from the
+run's options with the same function as a local run (`run.build_job`) and running the same
+coordinator (SPEC §5 makes several slimmers on one directory safe) on the file as its host
+sees it. Throttles apply per worker process: the tasks of one run in a worker process share
+its I/O bucket and CPU budget.
+
+Stopping: when the command is stopped (SIGTERM, SIGINT), it sets the run's stop in the
+scheduler's variables; every task polls it, so the workers stop as a local run does: no new
+file, the files in progress finished or abandoned after the grace, at once on a second signal.
 
 A worker that dies in the middle of a file: the scheduler runs the task again on another
 worker, and the dead worker's tmp does not hold the retry back (its lock died with it,
@@ -12,143 +18,171 @@ pcapslim.tmpowner). A worker that cannot see a file fails that file, naming itse
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import coordinator as co
-from .errors import PcapslimError
+from .errors import SchedulerError, require_extra
+from .results import STATUS_FAIL, FileResult
+from .shutdown import Shutdown
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .coordinator import Job
+    from .run import Options
 
 CONNECT_TIMEOUT = "5s"
-
-
-def require() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        raise PcapslimError(
-            "--scheduler needs Dask distributed: pip install 'pcapslim[cluster]'"
-        ) from None
-
-
-@dataclass(frozen=True)
-class Options:
-    """What every task is asked to do (sent to the workers with each task)."""
-
-    check_only: bool = False
-    use_mmap: bool = True
-    rules: str = "compatible"
-    max_io_mbps: float | None = None
-    max_cpu_percent: float | None = None
-    cpu_backoff_above: float | None = None
-    cpu_backoff_strength: float = 0.5
-    compress_level: int | None = None
-    offset_map: bool = False
-
-
-_jobs: dict[Options, co.Job] = {}
-_jobs_lock = threading.Lock()
-
-
-def _job(opts: Options) -> co.Job:
-    """One Job per worker process and options: the throttles are the process's."""
-    with _jobs_lock:
-        job = _jobs.get(opts)
-        if job is None:
-            from .throttle import throttles
-
-            io, cpu = throttles(
-                opts.max_io_mbps,
-                opts.max_cpu_percent,
-                opts.cpu_backoff_above,
-                opts.cpu_backoff_strength,
-            )
-            job = co.Job(
-                check_only=opts.check_only,
-                use_mmap=opts.use_mmap,
-                rules=opts.rules,
-                io=io,
-                cpu=cpu,
-                compress_level=opts.compress_level,
-                offset_map=opts.offset_map,
-            )
-            _jobs[opts] = job
-        return job
-
-
-def slim_on_worker(path: str, opts: Options) -> co.FileResult:
-    """The task: run the coordinator on one file, on whichever worker runs this."""
-    from distributed import get_worker
-
-    worker = get_worker().address
-    p = Path(path)
-    if not os.path.lexists(p):
-        seen = "sees its directory" if p.parent.is_dir() else "does not see its directory"
-        return co.FileResult(
-            path,
-            co.STATUS_FAIL,
-            error=f"{path}: not found on worker {worker}, which {seen} (is the archive "
-            "mounted there?); nothing was changed",
-            worker=worker,
-        )
-    result = co.slim_in_place(p, _job(opts))
-    co.drain()  # the replaced original is let go of before the task reports
-    if result.status == co.STATUS_FAIL and result.error:
-        result.error += f" (on worker {worker})"
-    result.worker = worker
-    return result
+LOOKAHEAD = 2  # tasks in flight per worker thread: each worker has its next file queued
+STOP_POLL_SECONDS = 0.5  # how often a task looks at its run's stop
+JOBS_KEPT = 8  # jobs (throttles) of recent runs a worker process keeps
 
 
 def connect(address: str) -> Any:
-    """A client of the scheduler at `address`; PcapslimError when it cannot be reached."""
-    require()
+    """A client of the scheduler at `address`; SchedulerError when it cannot be reached."""
+    require_extra("distributed", "cluster", "--scheduler")
     import distributed
 
     client: Any = distributed.Client
     try:
         return client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError) as e:
-        raise PcapslimError(
+        raise SchedulerError(
             f"cannot reach the Dask scheduler at {address} ({e}); nothing was touched"
         ) from None
 
 
-def slim_paths(
-    client: Any,
-    paths: Sequence[str | os.PathLike[str]],
-    opts: Options | None = None,
-    on_result: Callable[[int, co.FileResult], None] | None = None,
-) -> list[co.FileResult]:
-    """Slim every path on the cluster (one task each); `on_result(index, result)` hears of
-    each file as it finishes. The results come back in the order of `paths`."""
-    import distributed
+def _stop_key(run: str) -> list[str]:
+    """Where a run's stop lives in the scheduler's metadata: absent until the client is
+    stopped, then {"why": signal name, "abandon": bool}."""
+    return ["pcapslim", "stop", run]
 
-    as_completed: Any = distributed.as_completed
-    opts = opts or Options()
-    run = uuid.uuid4().hex[:12]
-    futures = [
-        client.submit(slim_on_worker, os.fspath(p), opts, key=f"pcapslim-{run}-{i}", pure=False)
-        for i, p in enumerate(paths)
-    ]
-    index = {f.key: i for i, f in enumerate(futures)}
-    results: list[co.FileResult | None] = [None] * len(futures)
-    for fut in as_completed(futures, loop=client.loop):
-        i = index[fut.key]
+
+class ClusterPool:
+    """The run layer's pool on a cluster: each file a task on whichever worker takes it."""
+
+    def __init__(self, client: Any, options: Options) -> None:
+        self.client = client
+        self.options = options.for_workers()
+        self.run = uuid.uuid4().hex[:12]
+        threads = sum(client.nthreads().values()) or 1
+        self.slots = LOOKAHEAD * threads
+        self._numbers = itertools.count()
+        self._told: dict[str, object] = {}
+
+    def submit(self, path: str) -> Future[FileResult | None]:
+        future: Future[FileResult | None] = self.client.submit(
+            run_task,
+            path,
+            self.options,
+            self.run,
+            key=f"pcapslim-{self.run}-{next(self._numbers)}",
+            pure=False,
+        )
+        return future
+
+    def stopping(self, why: str, abandon: bool) -> None:
+        self._told = {"why": why, "abandon": abandon}
+        self.client.set_metadata(_stop_key(self.run), self._told)
+
+    def failure(self, path: str, error: BaseException) -> FileResult:
+        return FileResult(
+            path,
+            STATUS_FAIL,
+            error=f"{path}: the cluster could not run its task ({type(error).__name__}: "
+            f"{error}); the original is untouched unless its marker says otherwise",
+        )
+
+    def close(self) -> None:
+        pass  # the client is the session's; a stopped run's entry stays in the metadata
+
+
+class RunStop(Shutdown):
+    """A run's stop on a worker: follows the stop its client set in the scheduler, with the
+    grace and the abandonment of a local stop."""
+
+    def __init__(self, run: str) -> None:
+        super().__init__()
+        self._run = run
+        self._next_poll = 0.0
+        self._poll_lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        if self._abandon.is_set():
+            return
+        with self._poll_lock:
+            now = time.monotonic()
+            if now < self._next_poll:
+                return
+            self._next_poll = now + STOP_POLL_SECONDS
+        from distributed import get_client
+
         try:
-            result = fut.result()
-        except Exception as e:  # the task itself failed: its workers kept dying, or a bug
-            name = os.fspath(paths[i])
-            result = co.FileResult(
-                name,
-                co.STATUS_FAIL,
-                error=f"{name}: the cluster could not run its task ({type(e).__name__}: {e}); "
-                "the original is untouched unless its marker says otherwise",
-            )
-        results[i] = result
-        if on_result is not None:
-            on_result(i, result)
-    return [r for r in results if r is not None]
+            client: Any = get_client()
+            told = client.get_metadata(_stop_key(self._run), default=None)
+        except Exception:  # noqa: BLE001 - the scheduler is away: go on as told so far
+            return
+        if not told:
+            return
+        if not self._requested.is_set():
+            why = told.get("why")
+            self.request(f"{why} on the client" if why else "stopped on the client")
+        if told.get("abandon"):
+            self.abandon()
+
+
+_jobs: OrderedDict[tuple[Options, str], Job] = OrderedDict()
+_jobs_lock = threading.Lock()
+
+
+def worker_job(options: Options, run: str, concurrency: int) -> Job:
+    """The job of a run in this worker process, built once by the same function as a local
+    run's job, with the worker's threads as its concurrency and the run's stop."""
+    from .run import build_job
+
+    key = (options, run)
+    with _jobs_lock:
+        job = _jobs.get(key)
+        if job is None:
+            job = build_job(options, concurrency=concurrency, stop=RunStop(run))
+            _jobs[key] = job
+            while len(_jobs) > JOBS_KEPT:
+                _jobs.popitem(last=False)
+        _jobs.move_to_end(key)
+        return job
+
+
+def run_task(path: str, options: Options, run: str) -> FileResult | None:
+    """The task: one file on whichever worker runs this; None when its run was stopped before
+    the file was taken."""
+    from distributed import get_worker
+
+    from .coordinator import drain, slim_in_place
+
+    worker = get_worker()
+    address = worker.address
+    job = worker_job(options, run, getattr(worker, "nthreads", 1) or 1)
+    assert job.shutdown is not None
+    if job.shutdown.requested:
+        return None
+    p = Path(path)
+    if not os.path.lexists(p):
+        seen = "sees its directory" if p.parent.is_dir() else "does not see its directory"
+        return FileResult(
+            path,
+            STATUS_FAIL,
+            error=f"{path}: not found on worker {address}, which {seen} (is the archive "
+            "mounted there?); nothing was changed",
+            worker=address,
+        )
+    result = slim_in_place(p, job)
+    drain()  # the replaced original is let go of before the task reports
+    if result.status == STATUS_FAIL and result.error:
+        result.error += f" (on worker {address})"
+    result.worker = address
+    return result

@@ -12,11 +12,11 @@ standard library's decompression and 1.8 x its compression at level 6, same rati
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from .errors import PcapslimError
+from .errors import CompressionError, PcapslimError, require_extra
+from .follow import Growing
 
 GZIP = "gzip"
 ZSTD = "zstd"
@@ -25,60 +25,9 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ZSTD_SKIPPABLE = 0x184D2A50  # skippable frames: magic 0x184D2A50 to 0x184D2A5F (little-endian)
 DEFAULT_LEVEL = {GZIP: 6, ZSTD: 3}  # each codec's usual default
 LEVELS = {GZIP: (1, 9), ZSTD: (1, 19)}
-T = TypeVar("T")
+CODEC_MODULES = {GZIP: "zlib_ng", ZSTD: "zstandard"}  # the libraries of the [compressed] extra
 MAX_EXPANSION = 1000  # more decompressed bytes than this times the file's size: refused
 ZSTD_MAX_WINDOW = 1 << 27  # 128 MiB: what a frame may ask the decoder to keep
-
-
-class Growing:
-    """A file another thread is still writing, for a reader that follows it: a read at its
-    end waits until more is written, or the writer is done (the end is then the end)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._size = 0
-        self._done = False
-        self._generation = 0  # bumped when the writer starts the file again
-
-    def grew(self, size: int) -> None:
-        with self._cond:
-            self._size = size
-            self._cond.notify_all()
-
-    def done(self) -> None:
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-
-    def restarted(self) -> None:
-        with self._cond:
-            self._generation += 1
-            self._size = 0
-            self._cond.notify_all()
-
-    @property
-    def generation(self) -> int:
-        return self._generation
-
-    def wait_beyond(self, offset: int) -> bool:
-        """Wait until the file holds bytes past `offset`; False when it never will."""
-        with self._cond:
-            while self._size <= offset and not self._done:
-                self._cond.wait()
-            return self._size > offset
-
-    def read_at(self, read: Callable[[], T], offset: int) -> T:
-        """`read()` at `offset`; when it finds nothing, wait for the writer and read again
-        once: nothing then means the end (the writer is done, or the file shrank under it,
-        which the re-read's counts then show)."""
-        got = read()
-        if got or not self.wait_beyond(offset):
-            return got
-        return read()
-
-
-class CompressionError(PcapslimError):
-    """A compressed capture that ends early, fails its checksum, or expands without bound."""
 
 
 def detect(head: bytes) -> str | None:
@@ -94,13 +43,7 @@ def detect(head: bytes) -> str | None:
 
 def require(codec: str) -> None:
     """Fail with what to install where the codec's library is missing."""
-    name = {GZIP: "zlib_ng", ZSTD: "zstandard"}[codec]
-    try:
-        __import__(name)
-    except ImportError:
-        raise PcapslimError(
-            f"{codec} captures need the {name} module: pip install 'pcapslim[compressed]'"
-        ) from None
+    require_extra(CODEC_MODULES[codec], "compressed", f"a {codec} capture")
 
 
 class _Raw:

@@ -1,9 +1,10 @@
-"""Slimming files in place: the coordination contract of SPEC §5.
+"""Slimming one file in place: the transaction of SPEC §5.
 
-For each file D/name: honour D/.slim_markers/name; create D/name.tmp exclusively before reading;
-write and verify the slim copy; carry over mode, owner and times; refuse if the original changed;
-rename atomically; fsync the directory; write the marker last. A failure at any step removes
-the tmp and leaves the original as it was.
+For a file D/name: honour its marker; create D/name.tmp exclusively before reading; write and
+verify the slim copy; carry over mode, owner and times; refuse if the original changed; rename
+atomically; fsync the directory; write the marker last. A failure at any step removes the tmp
+and leaves the original as it was. Which files a run takes, and how many at once, is decided
+elsewhere (pcapslim.eligibility, pcapslim.run); `Job` is what the run asks of every file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tmpowner
-from .compression import Growing
-from .engine import FdSink, process
+from .eligibility import STALE_TMP_SECONDS, tmp_path
+from .engine import process
 from .errors import (
     Abandoned,
     PcapslimError,
@@ -28,174 +29,105 @@ from .errors import (
     SourceChangedError,
     VerificationError,
 )
-from .inuse import being_written
-from .offsetmap import OffsetMapWriter, map_path
+from .follow import Growing
+from .markers import PendingMap, fsync_dir, is_marked, marker_path, write_marker
+from .results import (
+    STATUS_ABANDONED,
+    STATUS_BUSY,
+    STATUS_FAIL,
+    STATUS_MARKED,
+    STATUS_OK,
+    FileResult,
+)
+from .run import Options
 from .shutdown import Shutdown
+from .sinks import ThrottledSink
+from .source import check_regular, open_capture
 from .stats import SlimStats
 from .throttle import CpuThrottle, IoThrottle
-
-TMP_SUFFIX = ".tmp"
-MARKER_DIR = ".slim_markers"
-STALE_TMP_SECONDS = 300  # a tmp older than this belongs to a dead worker
-CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".pcap.gz", ".pcapng.gz", ".pcap.zst", ".pcapng.zst")
-MARKER_OWNER = "sensor"  # markers belong to sensor:sensor when that user exists
-MARKER_OWNER_ENV = "PCAPSLIM_MARKER_OWNER"  # another account name, for sensors that differ
-MARKER_DIR_MODE = 0o755
-MARKER_MODE = 0o644
-
-STATUS_OK = "ok"
-STATUS_MARKED = "skipped_marker"
-STATUS_BUSY = "skipped_busy"
-STATUS_FAIL = "fail"
-STATUS_ABANDONED = "abandoned"  # a stop was requested before it was finished
-STATUSES = (STATUS_OK, STATUS_MARKED, STATUS_BUSY, STATUS_FAIL, STATUS_ABANDONED)
-
-FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
-
-
-@dataclass
-class FileResult:
-    path: str
-    status: str
-    stats: SlimStats | None = None
-    error: str | None = None
-    worker: str = ""  # the Dask worker that slimmed it (cluster runs)
 
 
 @dataclass
 class Job:
-    """How files are processed: shared by all workers of one run."""
+    """What a run asks of every file: its options, and what this process made of them for the
+    files it runs at once (pcapslim.run.build_job). Shared by all workers of one run."""
 
-    check_only: bool = False
-    use_mmap: bool = True
-    rules: str = "compatible"  # or "forensic" (SPEC §8)
-    io: IoThrottle | None = None
+    options: Options = field(default_factory=Options)
+    use_mmap: bool = True  # mapped or buffered reads, as the options say for this concurrency
+    io: IoThrottle | None = None  # the run's throttles in this process
     cpu: CpuThrottle | None = None
-    on_progress: FileProgress | None = None
-    clock: Callable[[], float] = field(default=time.time)
     shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
-    offset_map: bool = False  # write each file's offset map beside its marker
-    compress_level: int | None = None  # compressed files: the codec's level (None: default)
     compress_threads: int = 0  # zstd worker threads beside the slimming ones
+    clock: Callable[[], float] = field(default=time.time)
 
 
-def marker_path(path: Path) -> Path:
-    return path.parent / MARKER_DIR / path.name
-
-
-def tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + TMP_SUFFIX)
-
-
-def is_marked(path: Path) -> bool:
-    """True when the marker is a regular file; something else planted there is an error."""
-    marker = marker_path(path)
+def slim_in_place(path: Path, job: Job) -> FileResult:
+    """Run the contract of SPEC §5 on one file; never raises for a per-file problem."""
+    name = str(path)
     try:
-        st = os.lstat(marker)
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        raise PlantedPathError(
-            f"{path}: {marker.parent} is not a directory; remove it so markers can be written"
-        ) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PlantedPathError(
-            f"{path}: {marker} exists but is not a regular file; remove it, then run again"
+        st = os.lstat(path)
+    except FileNotFoundError:  # never there, or gone before the run came to it
+        return FileResult(name, STATUS_FAIL, error=f"{path}: no such file; nothing was changed")
+    except OSError as e:
+        return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
+    try:
+        check_regular(path, st)
+        if is_marked(path):
+            return FileResult(name, STATUS_MARKED)
+        if job.options.check_only:
+            fd = open_capture(path, follow_symlinks=False)
+            try:
+                return FileResult(
+                    name, STATUS_OK, _analyze_fd(name, fd, job, _Accounting(name, job))
+                )
+            finally:
+                os.close(fd)
+        return _slim_in_place(path, job)
+    except Abandoned as e:
+        return FileResult(name, STATUS_ABANDONED, error=str(e))
+    except PcapslimError as e:
+        return FileResult(name, STATUS_FAIL, error=str(e))
+    except OSError as e:
+        return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
+    except Exception as e:  # a bug must not stop the other files of the run
+        return FileResult(
+            name,
+            STATUS_FAIL,
+            error=f"{path}: internal error {type(e).__name__}: {e}; the original is untouched "
+            "(please report this)",
         )
-    return True
 
 
-def directories(directory: Path, recursive: bool = False) -> list[Path]:
-    """`directory`, and with `recursive` every directory below it (symlinks not followed,
-    marker directories left out): each keeps its own markers."""
-    if not recursive:
-        return [directory]
-    out = []
-    for here, subdirs, _ in os.walk(directory, onerror=_raise, followlinks=False):
-        subdirs[:] = sorted(d for d in subdirs if d != MARKER_DIR)
-        out.append(Path(here))
-    return out
-
-
-def _raise(e: OSError) -> None:
-    raise e
-
-
-def pending_files(
-    directory: Path,
-    age_minutes: float,
-    clock: Callable[[], float] = time.time,
-    recursive: bool = False,
-) -> list[Path]:
-    """Captures in `directory` (with `recursive`, in the tree below it; no symlinks; old
-    enough), oldest first; files with a marker, and files some process still has open for
-    writing, are left out."""
-    now = clock()
-    found: list[tuple[int, Path]] = []
-    for d in directories(directory, recursive):
-        with os.scandir(d) as it:
-            for entry in it:
-                if not entry.name.endswith(CAPTURE_SUFFIXES) or not entry.is_file(
-                    follow_symlinks=False
-                ):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed since the directory was listed
-                if age_minutes and now - st.st_mtime < age_minutes * 60:
-                    continue
-                found.append((st.st_mtime_ns, d / entry.name))
-    found.sort()
-    out = []
-    for _, p in found:
-        try:
-            if is_marked(p):
-                continue
-        except PlantedPathError:
-            pass  # reported when the file itself is processed
-        out.append(p)
-    busy = being_written(out)
-    return [p for p in out if p not in busy]
-
-
-def clean_stale_tmps(directory: Path, clock: Callable[[], float] = time.time) -> list[Path]:
-    """Delete the tmp files of dead slimmers (NAME.pcap.tmp, ...): pcapslim's own as soon as
-    their writer is gone, others (unmarked) once older than 5 minutes."""
-    removed = []
-    now = clock()
-    with os.scandir(directory) as it:
-        for entry in it:
-            name = entry.name
-            if not name.endswith(TMP_SUFFIX) or not name[: -len(TMP_SUFFIX)].endswith(
-                CAPTURE_SUFFIXES
-            ):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # renamed into place or removed by its slimmer since the listing
-            if stat.S_ISDIR(st.st_mode):
-                continue
-            taken = tmpowner.take_over(entry.path)  # a pcapslim tmp whose writer is gone
-            if taken is True:
-                removed.append(Path(entry.path))
-            if taken is not None or now - st.st_mtime < STALE_TMP_SECONDS:
-                continue
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:
-                pass  # gone already, or not ours to remove: the file's own run will say
-    return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _reopen_for_reading(fd: int, path: Path) -> int:
+    """A second, read-only descriptor of the file open on `fd` (the tmp being written): through
+    /proc, so that whatever stands at `path` by now is never the one read."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no /proc: by the path, checked to be the same file
+        rfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        a, b = os.fstat(fd), os.fstat(rfd)
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            os.close(rfd)
+            raise PlantedPathError(
+                f"{path}: the tmp file was replaced while it was written"
+            ) from None
+        return rfd
+
+
+def _os_message(path: Path, e: OSError) -> str:
+    where = e.filename if e.filename else path
+    reason = e.strerror or str(e)
+    hint = {
+        errno.ENOSPC: "free some space; the original is untouched",
+        errno.EDQUOT: "the disk quota is exhausted; the original is untouched",
+        errno.EACCES: "check the permissions; the original is untouched",
+        errno.EPERM: "check the permissions; the original is untouched",
+        errno.EROFS: "the file system is read-only; the original is untouched",
+        errno.ELOOP: "a symlink stands where a regular file must be; the original is untouched",
+        errno.ENOENT: "it disappeared during the run",
+        errno.EAGAIN: "another process holds a lease on it; it will be taken on a later run",
+    }.get(e.errno or 0, "the original is untouched")
+    return f"{where}: {reason} ({hint})"
 
 
 def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
@@ -229,96 +161,6 @@ def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
     return None
 
 
-def _owner_ids() -> tuple[int, int] | None:
-    import grp
-    import pwd
-
-    owner = os.environ.get(MARKER_OWNER_ENV) or MARKER_OWNER
-    try:
-        user = pwd.getpwnam(owner)
-    except KeyError:
-        return None
-    try:
-        gid = grp.getgrnam(owner).gr_gid
-    except KeyError:
-        gid = user.pw_gid
-    return user.pw_uid, gid
-
-
-def _marker_file(path: Path, name: str, mode: int = MARKER_MODE) -> int:
-    """Open (create) D/.slim_markers/NAME for writing, the directory created 0755 when needed;
-    both belong to sensor:sensor when that user exists (and we may give them away)."""
-    mdir = path.parent / MARKER_DIR
-    try:
-        os.mkdir(mdir, MARKER_DIR_MODE)
-        os.chmod(mdir, MARKER_DIR_MODE)
-        created_dir = True
-    except FileExistsError:
-        created_dir = False
-    st = os.lstat(mdir)
-    if not stat.S_ISDIR(st.st_mode):
-        raise PlantedPathError(
-            f"{path}: {mdir} is not a directory; remove it so markers can be written"
-        )
-    fd = os.open(
-        mdir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode
-    )
-    try:
-        os.fchmod(fd, mode)
-        owner = _owner_ids()
-        if owner is not None:
-            try:
-                os.fchown(fd, *owner)
-                if created_dir:
-                    os.chown(mdir, *owner)
-            except PermissionError:
-                pass  # not root: the marker stays the running user's
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def write_marker(path: Path) -> None:
-    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
-    fd = _marker_file(path, path.name)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(path.parent / MARKER_DIR)
-
-
-class _PendingMap:
-    """The offset map of a file being slimmed (--offset-map): streamed into
-    D/.slim_markers/NAME.offsets.tmp and renamed into place before the capture is replaced, so a
-    marked file always has the map of its last slimming."""
-
-    def __init__(self, path: Path) -> None:
-        self.final = Path(map_path(marker_path(path)))
-        self.tmp = self.final.with_name(self.final.name + TMP_SUFFIX)
-        self.committed = False
-        self._fh = os.fdopen(_marker_file(path, self.tmp.name), "wb")
-        self.writer = OffsetMapWriter(self._fh)
-
-    def commit(self) -> None:
-        self.writer.finish()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.rename(self.tmp, self.final)
-        self.committed = True
-
-    def discard(self) -> None:
-        """The capture was not replaced: no map of a slimming that did not happen."""
-        self._fh.close()
-        for p in (self.tmp, self.final) if self.committed else (self.tmp,):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-
-
 class _Accounting:
     """Turns the engine's per-window progress into throttle charges and progress reports."""
 
@@ -336,19 +178,9 @@ class _Accounting:
         if self.job.cpu is not None:
             self.job.cpu.checkpoint()
         self.last = done
-        if self.report and self.job.on_progress is not None:
-            self.job.on_progress(self.path, done, total)
-
-
-class _ThrottledSink(FdSink):
-    def __init__(self, fd: int, io: IoThrottle | None, growing: Growing | None = None) -> None:
-        super().__init__(fd, writeback=True, growing=growing)  # fsynced before the rename
-        self.io = io
-
-    def write(self, data):  # type: ignore[no-untyped-def]
-        super().write(data)
-        if self.io is not None:
-            self.io.account(len(data))
+        progress = self.job.options.on_progress
+        if self.report and progress is not None:
+            progress(self.path, done, total)
 
 
 def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
@@ -358,8 +190,8 @@ def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
         None,
         on_progress=acct,
         use_mmap=job.use_mmap,
-        rules=job.rules,
-        compress_level=job.compress_level,
+        rules=job.options.rules,
+        compress_level=job.options.compress_level,
         compress_threads=job.compress_threads,
     )
 
@@ -396,51 +228,6 @@ def drain() -> None:
     _releaser.drain()
 
 
-def slim_in_place(path: Path, job: Job) -> FileResult:
-    """Run the contract of SPEC §5 on one file; never raises for a per-file problem."""
-    name = str(path)
-    try:
-        if is_marked(path):
-            return FileResult(name, STATUS_MARKED)
-        if job.check_only:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                return FileResult(
-                    name, STATUS_OK, _analyze_fd(name, fd, job, _Accounting(name, job))
-                )
-            finally:
-                os.close(fd)
-        return _slim_in_place(path, job)
-    except Abandoned as e:
-        return FileResult(name, STATUS_ABANDONED, error=str(e))
-    except PcapslimError as e:
-        return FileResult(name, STATUS_FAIL, error=str(e))
-    except OSError as e:
-        return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
-    except Exception as e:  # a bug must not stop the other files of the run
-        return FileResult(
-            name,
-            STATUS_FAIL,
-            error=f"{path}: internal error {type(e).__name__}: {e}; the original is untouched "
-            "(please report this)",
-        )
-
-
-def _os_message(path: Path, e: OSError) -> str:
-    where = e.filename if e.filename else path
-    reason = e.strerror or str(e)
-    hint = {
-        errno.ENOSPC: "free some space; the original is untouched",
-        errno.EDQUOT: "the disk quota is exhausted; the original is untouched",
-        errno.EACCES: "check the permissions; the original is untouched",
-        errno.EPERM: "check the permissions; the original is untouched",
-        errno.EROFS: "the file system is read-only; the original is untouched",
-        errno.ELOOP: "a symlink stands where a regular file must be; the original is untouched",
-        errno.ENOENT: "it disappeared during the run",
-    }.get(e.errno or 0, "the original is untouched")
-    return f"{where}: {reason} ({hint})"
-
-
 def _slim_in_place(path: Path, job: Job) -> FileResult:
     name = str(path)
     tmp = tmp_path(path)
@@ -449,26 +236,24 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
         return FileResult(name, STATUS_BUSY)
     tmp_gone = False
     src_fd = -1
-    offsets: _PendingMap | None = None
+    offsets: PendingMap | None = None
     trailing: _Trailing | None = None
     try:
-        src_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        src_fd = open_capture(path, follow_symlinks=False)
         before = os.fstat(src_fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise PcapslimError(f"{path}: not a regular file; nothing was changed")
-        if job.offset_map:
-            offsets = _PendingMap(path)
-        trailing = _Trailing(path, tmp, job)
-        sink = _ThrottledSink(tmp_fd, job.io, trailing.growing)
+        if job.options.offset_map:
+            offsets = PendingMap(path)
+        trailing = _Trailing(path, tmp, tmp_fd, job)
+        sink = ThrottledSink(tmp_fd, job.io, trailing.growing)
         stats = process(
             name,
             src_fd,
             sink,
             on_progress=_Accounting(name, job),
             use_mmap=job.use_mmap,
-            rules=job.rules,
+            rules=job.options.rules,
             offsets=offsets.writer if offsets is not None else None,
-            compress_level=job.compress_level,
+            compress_level=job.options.compress_level,
             compress_threads=job.compress_threads,
         )
         if stats.truncated == 0 and stats.out_bytes_uncompressed == stats.in_bytes_uncompressed:
@@ -495,7 +280,7 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             # 6. atomic rename, directory fsync
             os.rename(tmp, path)
             tmp_gone = True
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except BaseException:
         if trailing is not None:
             trailing.abandon()
@@ -535,10 +320,10 @@ class _Trailing:
     more when it must be decompressed). When the writer had to start the file again, the
     re-read is made afresh after the write."""
 
-    def __init__(self, path: Path, tmp: Path, job: Job) -> None:
+    def __init__(self, path: Path, tmp: Path, tmp_fd: int, job: Job) -> None:
         self.growing = Growing()
         self._path, self._tmp, self._job = path, tmp, job
-        self._fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._fd = _reopen_for_reading(tmp_fd, tmp)
         self._result: SlimStats | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pcapslim-verify", daemon=True)
@@ -559,7 +344,7 @@ class _Trailing:
             on_progress=_Accounting(str(self._path), self._job, report=False),
             use_mmap=follow is None and self._job.use_mmap,
             decide=False,
-            rules=self._job.rules,
+            rules=self._job.options.rules,
             follow=follow,
         )
 

@@ -6,16 +6,14 @@ only exception is a single record larger than a window, which gets a window of i
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
-from .compression import Compressor, Growing
 from .constants import (
     CATEGORY_NAMES,
     F_CAT,
@@ -49,10 +47,11 @@ from .constants import (
     ST_OK,
 )
 from .errors import CorruptCaptureError, PcapslimError
+from .follow import Growing
 from .formats import CaptureFormat, detect_format
 from .kernelset import KernelSet, active
 from .offsetmap import OffsetMapWriter
-from .pagecache import start_writeback
+from .sinks import CompressedSink, FdSink, Sink
 from .source import Source, open_source
 from .stats import SlimStats
 
@@ -60,7 +59,6 @@ WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
 MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
 SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
-WRITEBACK_BYTES = 16 << 20  # output handed to the disk in steps of this size
 
 ProgressCallback = Callable[[int, int], None]  # (input bytes done, input bytes total)
 if TYPE_CHECKING:
@@ -80,101 +78,6 @@ _STATUS_TEXT = {
     "not fit in it",
     ST_BAD_OPB: "packet block is shorter than 32 bytes or its captured length does not fit in it",
 }
-
-
-class Sink(Protocol):
-    """Where slim bytes go: appended in order, plus 8-byte patches at earlier offsets where
-    the sink is `seekable`."""
-
-    seekable: bool
-
-    def write(self, data: Bytes) -> None: ...
-
-    def patch(self, offset: int, data: bytes) -> None: ...
-
-
-class FdSink:
-    """Writes to an open file descriptor; patches go to already written bytes.
-
-    With `writeback`, every WRITEBACK_BYTES written are handed to the disk at once
-    (sync_file_range, which does not wait), so that the fsync at the end has little left to do
-    instead of writing the whole file after the work is done."""
-
-    seekable = True
-
-    def __init__(self, fd: int, writeback: bool = False, growing: Growing | None = None) -> None:
-        self.fd = fd
-        self.written = 0
-        self._flushed = 0  # bytes already handed to write-back
-        self.writeback = writeback
-        self.growing = growing  # told of every write, for a reader that follows the file
-
-    def write(self, data: Bytes) -> None:
-        view = memoryview(data)  # type: ignore[arg-type]
-        while view.nbytes:
-            n = os.write(self.fd, view)
-            view = view[n:]
-            self.written += n
-        if self.growing is not None:
-            self.growing.grew(self.written)
-        if self.writeback and self.written - self._flushed >= WRITEBACK_BYTES:
-            start_writeback(self.fd, self._flushed, self.written - self._flushed)
-            self._flushed = self.written
-
-    def patch(self, offset: int, data: bytes) -> None:
-        if os.pwrite(self.fd, data, offset) != len(data):
-            raise OSError(f"short write while patching offset {offset}")
-
-    def truncate(self) -> None:
-        """Start the file again from nothing."""
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.written = self._flushed = 0
-        if self.growing is not None:
-            self.growing.restarted()
-
-
-class CompressedSink:
-    """Slim bytes compressed on their way to `inner` (a file), or only counted (inner None:
-    what a compressed slim copy would take on disk, for the numbers of an analysis)."""
-
-    seekable = False
-
-    def __init__(self, inner: FdSink | None, codec: str, level: int | None, threads: int) -> None:
-        self.inner = inner
-        self.codec, self.level, self.threads = codec, level, threads
-        self._counted = 0
-        self._start()
-
-    def _start(self) -> None:
-        self._z = Compressor(self.codec, self._emit, self.level, self.threads)
-
-    def _emit(self, chunk: bytes) -> None:
-        if self.inner is not None:
-            self.inner.write(chunk)  # type: ignore[arg-type]
-        else:
-            self._counted += len(chunk)
-
-    def write(self, data: Bytes) -> None:
-        self._z.write(data)
-
-    def patch(self, offset: int, data: bytes) -> None:
-        raise AssertionError("a compressed stream cannot be patched behind its end")
-
-    def finish(self) -> None:
-        self._z.finish()
-
-    @property
-    def disk_bytes(self) -> int:
-        return self.inner.written if self.inner is not None else self._counted
-
-    def restart(self) -> None:
-        """Throw away what was written and begin a new stream."""
-        self._z.finish()  # ended now, so that nothing of it reaches the new stream later
-        if self.inner is not None:
-            self.inner.truncate()
-        self._counted = 0
-        self._start()
 
 
 class _Rewrite(Exception):
@@ -540,13 +443,12 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         elif status == ST_IFACE_FULL:
             if_link = np.concatenate([if_link, np.zeros_like(if_link)])
             if_snap = np.concatenate([if_snap, np.zeros_like(if_snap)])
-        elif status == ST_CORRUPT_CAPLEN:
+        elif status == ST_CORRUPT_CAPLEN:  # the kernel gives the captured length in `need`
             raise CorruptCaptureError(
                 path,
                 record_no,
                 pos,
-                f"captured length {_caplen_at(buf, pos - base, fmt, state)} exceeds "
-                f"{MAX_CAPLEN} bytes and the snaplen",
+                f"captured length {need} exceeds {MAX_CAPLEN} bytes and the snaplen",
             )
         elif status != ST_OK:
             raise CorruptCaptureError(path, record_no, pos, _STATUS_TEXT[status])
@@ -566,13 +468,3 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
         int(k) for k in stats.linktypes if not ks.is_sliced_linktype(int(k))
     )
     return int(out_pos), int(pos)
-
-
-def _caplen_at(buf: Bytes, i: int, fmt: CaptureFormat, state: npt.NDArray[np.int64]) -> int:
-    if fmt.name == "pcap":
-        le = fmt.little_endian
-        field = bytes(buf[i + 8 : i + 12])
-    else:
-        le = bool(state[0])
-        field = bytes(buf[i + 20 : i + 24])
-    return int.from_bytes(field, "little" if le else "big")

@@ -32,7 +32,7 @@ from .constants import (
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
 from .kernelset import active
-from .source import open_source
+from .source import open_capture, open_source
 from .stats import SlimStats
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ KEY_COLUMNS = ["link", "ip_version", "proto", "a0", "a1", "a2", "a3", "port_a",
 def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], SlimStats]:
     """(one int64 row per packet with the P_* fields, the file's SlimStats): one pass."""
     name = os.fspath(path)
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_capture(name)
     try:
         with open_source(fd, False, 64, name) as src:  # compressed: what it holds
             buf, _, start, end = src.window(0, 24)

@@ -16,56 +16,22 @@ Nothing here imports NumPy or numba before a kernel set is loaded: `describe()` 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.machinery
 import os
-import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 from .constants import FS_PROBES, N_FIELDS, N_FSTATE, N_PFIELDS, N_STATE, N_TFIELDS
-from .errors import PcapslimError
+from .errors import KernelChoiceError
+from .kernelsources import AOT_NAME, KERNEL_DIR, STAMP_FILE, sources_digest, stamp_words
 
 ENV = "PCAPSLIM_KERNELS"
 AUTO, AOT, JIT = "auto", "aot", "jit"
 CHOICES = (AUTO, AOT, JIT)
-AOT_NAME = "_aot"  # the compiled module: pcapslim.kernels._aot
-STAMP_FILE = AOT_NAME + ".stamp"  # the hex digest it was built from, beside it
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-KERNEL_DIR = os.path.join(PACKAGE_DIR, "kernels")
-
-
-class KernelChoiceError(PcapslimError):
-    """PCAPSLIM_KERNELS names no choice, or asks for compiled kernels that cannot be used."""
-
-
-def kernel_sources() -> list[str]:
-    """Every file the kernels are compiled from: the kernel modules and the constants."""
-    names = [f for f in os.listdir(KERNEL_DIR) if f.endswith(".py")]
-    return sorted([os.path.join(KERNEL_DIR, f) for f in names]) + [
-        os.path.join(PACKAGE_DIR, "constants.py")
-    ]
-
-
-@lru_cache(maxsize=1)
-def sources_digest() -> bytes:
-    """SHA-256 over the kernel sources: the compiled module's stamp, and the stamp of numba's
-    on-disk cache of the JIT kernels (kernels/policy.py)."""
-    h = hashlib.sha256()
-    for path in kernel_sources():
-        with open(path, "rb") as fh:
-            h.update(fh.read())
-    return h.digest()
-
-
-def stamp_words(digest: bytes) -> tuple[int, int, int, int]:
-    """A 32-byte digest as the four int64 words the compiled module's `stamp()` returns."""
-    w0, w1, w2, w3 = struct.unpack("<4q", digest)
-    return w0, w1, w2, w3
 
 
 def choice() -> str:

@@ -13,25 +13,16 @@ import time
 from typing import TYPE_CHECKING
 
 from .constants import CATEGORY_NAMES
-from .coordinator import STATUS_OK, STATUSES
-from .errors import PcapslimError
+from .errors import require_extra
+from .results import STATUS_OK, STATUSES
 
 if TYPE_CHECKING:
-    from .coordinator import FileResult
-
-
-def require() -> None:
-    """Fail early, with what to install, where prometheus_client is missing."""
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise PcapslimError(
-            "--metrics-file needs prometheus_client: pip install 'pcapslim[sensor]'"
-        ) from None
+    from .results import FileResult
 
 
 class Metrics:
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        require_extra("prometheus_client", "sensor", "--metrics-file")
         from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
         disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series

@@ -6,22 +6,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .coordinator import (
+from .results import (
     STATUS_ABANDONED,
     STATUS_BUSY,
     STATUS_FAIL,
     STATUS_MARKED,
     STATUS_OK,
+    STATUS_WOULD_SLIM,
     FileResult,
+    counts,
 )
-
-
-def counts(results: Sequence[FileResult]) -> dict[str, int]:
-    return {
-        "ok": sum(r.status == STATUS_OK for r in results),
-        "skip": sum(r.status in (STATUS_MARKED, STATUS_BUSY, STATUS_ABANDONED) for r in results),
-        "fail": sum(r.status == STATUS_FAIL for r in results),
-    }
 
 
 def human_line(r: FileResult) -> str:
@@ -37,6 +31,8 @@ def human_line(r: FileResult) -> str:
         return f"skip (busy): {r.path}"
     if r.status == STATUS_ABANDONED:
         return f"skip (stopped): {r.path}"
+    if r.status == STATUS_WOULD_SLIM:
+        return f"would slim: {r.path}"
     reason = r.error or "failed"
     if reason.startswith(f"{r.path}: "):  # the message names the file already
         reason = reason[len(r.path) + 2 :]
@@ -86,7 +82,3 @@ def json_report(
     if error is not None:
         doc["error"] = error
     return json_line(doc)
-
-
-def dry_run_line(path: str) -> str:
-    return json_line({"file": path, "status": "would_slim"})

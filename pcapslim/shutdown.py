@@ -5,20 +5,28 @@ after that, or at a second request, they are abandoned: the engine stops at its 
 the coordinator removes the tmp, and the original stays as it was, without a marker. Throttle
 sleeps go through `sleep`, which wakes at once when the files are to be abandoned, so a slow
 throttled file does not hold the shutdown back.
+
+Whatever a run is blocked in, it ends: the scheduler stops waiting for a file STRAND_SECONDS
+after it was to be abandoned (pcapslim.run), and the command, which installs the handlers with
+a deadline, exits EXIT_SECONDS after that point even if its own main thread is stuck (a report
+written to a pipe nobody reads, a system call that does not return).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from .errors import Abandoned
+from .errors import EXIT_FAIL, Abandoned
 
 GRACE_SECONDS = 7.0  # finishing what is in progress: abandoned well within 10 s of the signal
+STRAND_SECONDS = 1.0  # a file not stopped this long after it was abandoned is left behind
+EXIT_SECONDS = 2.0  # the command exits this long after the abandonment, whatever it is doing
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -37,16 +45,29 @@ def signals_to_main() -> Iterator[None]:
 
 
 class Shutdown:
+    """A run's stop: requested by a signal (once `install`ed) or by `request()` from any
+    thread. Listeners hear of every request (the scheduler wakes on them)."""
+
     def __init__(self, grace: float = GRACE_SECONDS) -> None:
         self.grace = grace
         self._requested = threading.Event()
         self._abandon = threading.Event()
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # when the files in progress are abandoned
+        self._listeners: list[Callable[[], None]] = []
+        self._exit_after: float | None = None  # the command's last resort (see `install`)
+        self._reaper: threading.Thread | None = None
+        # reentrant: a second signal's handler may run inside the first one's
+        self._changed = threading.Condition(threading.RLock())
         self.signal_name = ""
+        self.stranded = 0  # files that did not stop within STRAND_SECONDS of abandonment
+
+    def _refresh(self) -> None:
+        """Learn of a request made elsewhere (a cluster run's client); nothing here."""
 
     @property
     def requested(self) -> bool:
         """No new file is to be taken."""
+        self._refresh()
         return self._requested.is_set()
 
     def request(self, why: str = "") -> None:
@@ -56,18 +77,43 @@ class Shutdown:
         self.signal_name = why
         self._deadline = time.monotonic() + self.grace
         self._requested.set()
+        self._changed_now()
 
     def abandon(self) -> None:
+        now = time.monotonic()
+        self._deadline = now if self._deadline is None else min(self._deadline, now)
         self._requested.set()
         self._abandon.set()
+        self._changed_now()
+
+    def _changed_now(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+        if self._exit_after is not None and self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="pcapslim-reaper", daemon=True)
+            self._reaper.start()
+        for listener in list(self._listeners):
+            listener()
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
 
     def must_abandon(self) -> bool:
+        self._refresh()
         if self._abandon.is_set():
             return True
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._abandon.set()
             return True
         return False
+
+    def abandon_at(self) -> float | None:
+        """When the files in progress are (or were) to be abandoned (monotonic time)."""
+        return self._deadline
 
     def check(self, path: str) -> None:
         """Raise Abandoned when the file in progress must be dropped."""
@@ -87,14 +133,43 @@ class Shutdown:
                 return
             if self._deadline is not None:
                 left = min(left, max(self._deadline - time.monotonic(), 0.0) + 0.001)
-            self._abandon.wait(left)
+            self._abandon.wait(min(left, 0.5))
 
-    def install(self) -> None:
+    @contextmanager
+    def installed(self, exit_seconds: float | None = EXIT_SECONDS) -> Iterator[Shutdown]:
         """SIGTERM and SIGINT request the stop; a second one abandons at once. Only from the
-        main thread (Python runs signal handlers there)."""
+        main thread (Python runs signal handlers there); the previous handlers come back at the
+        end. With `exit_seconds`, once a stop was requested the process exits that long after
+        the files were to be abandoned, if it has not ended by itself: the last resort of the
+        command, never of a library caller's process."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
 
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+        self._exit_after = exit_seconds
+        try:
+            yield self
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+    def _reap(self) -> None:
+        assert self._exit_after is not None
+        with self._changed:
+            while True:
+                deadline = self._deadline
+                assert deadline is not None
+                left = deadline + self._exit_after - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+        why = f" ({self.signal_name})" if self.signal_name else ""
+        os.write(
+            2,
+            f"pcap-slim: stopped{why}, but the run did not end {self._exit_after:.0f} s after "
+            "its files were abandoned (blocked in the system, or its report cannot be "
+            "written); exiting now. Originals are untouched; a tmp file left behind is taken "
+            "over by the next run.\n".encode(),
+        )
+        os._exit(EXIT_FAIL)

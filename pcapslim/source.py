@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +15,49 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
-from .compression import Decompressor, Growing, detect
+from .compression import Decompressor, detect
+from .errors import NotRegularFileError
+from .follow import Growing
 from .pagecache import populate
 
 if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
     import numpy.typing as npt
 
     Bytes: TypeAlias = npt.NDArray[np.uint8]
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular(path: str | os.PathLike[str], st: os.stat_result) -> None:
+    """A capture is a regular file; NotRegularFileError names what stands there instead."""
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = next((what for test, what in _KINDS if test(st.st_mode)), "not a regular file")
+    raise NotRegularFileError(
+        f"{os.fspath(path)}: {kind}, not a regular file: only capture files are slimmed; "
+        "nothing was changed"
+    )
+
+
+def open_capture(path: str | os.PathLike[str], follow_symlinks: bool = True) -> int:
+    """A read-only descriptor of the capture at `path`, opened without blocking (a FIFO or a
+    device never holds the caller) and checked to be a regular file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    try:
+        check_regular(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Source:

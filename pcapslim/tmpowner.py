@@ -83,7 +83,7 @@ def take_over(path: str | os.PathLike[str]) -> bool | None:
     if owner(path) is None:
         return None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:

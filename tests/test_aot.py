@@ -11,13 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import ROOT, SAMPLE
 
 import pcapslim
 from pcapslim import kernelset
 
-ROOT = Path(__file__).parent.parent
 PACKAGE = ROOT / "pcapslim"
-SAMPLE = ROOT / "samples" / "loopback_mixed.pcap"
 
 # Runs the command in-process, then says which of numba and llvmlite were ever imported.
 COMMAND_THEN_MODULES = """

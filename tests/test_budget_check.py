@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 from benches.budget_check import DEFAULT_BUDGETS, BudgetFileError, load_budgets
-
-ROOT = Path(__file__).parent.parent
 
 
 def _runner(*args: object) -> subprocess.CompletedProcess[str]:

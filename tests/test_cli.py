@@ -1,4 +1,6 @@
-"""pcap-slim through real subprocesses on real directories (SPEC §5, §6)."""
+"""pcap-slim on real directories (SPEC §5, §6): in this process through typer's CliRunner, and
+as a real subprocess where a process is what is tested (start-up, other accounts, exit codes
+and stdout as a shell sees them)."""
 
 from __future__ import annotations
 
@@ -8,62 +10,29 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import naive
 import pytest
-from accounts import sensor_account, temporary_account
 from naive_forensic import Forensic
+from support import (
+    PLAIN,
+    SAMPLE,
+    SAMPLE_PACKETS,
+    TLS,
+    age,
+    capture,
+    expected_slim,
+    listing,
+)
+from support.accounts import sensor_account, temporary_account
+from support.cli import invoke, run
 
 import pcapslim
 from pcapslim import synth
 
-SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
-TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
-PLAIN = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 8), 6))
 OK_LINE = re.compile(r"^ok (\S+) pkts=(\d+) truncated=(\d+) in=(\d+) out=(\d+) \((\d+)ms\)$")
 SUMMARY = re.compile(r"^(done|check): ok=(\d+) skip=(\d+) fail=(\d+) elapsed=\d+\.\ds$")
-
-
-def run(*args: object, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        [sys.executable, "-m", "pcapslim", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check_rc is not None:
-        assert p.returncode == check_rc, (p.returncode, p.stdout, p.stderr)
-    return p
-
-
-def capture(n_tls: int = 3, n_plain: int = 2, **kw: object) -> bytes:
-    frames = [TLS] * n_tls + [PLAIN] * n_plain
-    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)], **kw)  # type: ignore[arg-type]
-
-
-def expected_slim(data: bytes) -> bytes:
-    """What the naive twin (tests/naive.py, written from the spec) makes of a capture."""
-    return naive.slim_bytes(data).data
-
-
-SAMPLE_PACKETS = 2065  # as the sample's own README (shared/samples) counts them
-
-
-def listing(d: Path) -> dict[str, tuple[int, int, bytes]]:
-    """Every entry under d: (mode, size, content of regular files) by relative path."""
-    out = {}
-    for p in sorted(d.rglob("*")):
-        st = p.lstat()
-        content = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
-        out[str(p.relative_to(d))] = (st.st_mode, st.st_size, content)
-    return out
-
-
-def age(path: Path, seconds_ago: float) -> None:
-    t = time.time() - seconds_ago
-    os.utime(path, (t, t))
 
 
 # --- start-up, usage ------------------------------------------------------------------------
@@ -161,7 +130,7 @@ def test_usage_errors_exit_2_and_touch_nothing(tmp_path, args):  # type: ignore[
     (tmp_path / ".slim_markers").mkdir()
     (tmp_path / ".slim_markers" / "z.pcap").touch()
     before = listing(tmp_path)
-    p = run(*[a.replace("D", str(tmp_path)) for a in args], check_rc=2)
+    p = invoke(*[a.replace("D", str(tmp_path)) for a in args], check_rc=2)
     assert p.stdout == ""
     assert "Usage" in p.stderr or "Error" in p.stderr
     assert listing(tmp_path) == before
@@ -174,7 +143,7 @@ def test_single_slims_in_place_and_writes_the_marker_last(tmp_path):  # type: ig
     f = tmp_path / "cap.pcap"
     data = capture()
     f.write_bytes(data)
-    p = run("--single", f, check_rc=0)
+    p = invoke("--single", f, check_rc=0)
     assert f.read_bytes() == expected_slim(data)
     lines = p.stderr.strip().splitlines()
     m = OK_LINE.match(lines[0])
@@ -190,17 +159,17 @@ def test_single_slims_in_place_and_writes_the_marker_last(tmp_path):  # type: ig
     assert not (tmp_path / "cap.pcap.tmp").exists()
     assert p.stdout == ""
     # a second run honours the marker
-    again = run("--single", f, "--output", "json", check_rc=0)
+    again = invoke("--single", f, "--output", "json", check_rc=0)
     doc = json.loads(again.stdout)
     assert doc["files"] == [{"file": str(f), "status": "skipped_marker"}]
     assert doc["summary"]["skip"] == 1
-    assert run("--single", f, check_rc=0).stderr.startswith(f"skip (marked): {f}")
+    assert invoke("--single", f, check_rc=0).stderr.startswith(f"skip (marked): {f}")
 
 
 def test_json_report_has_every_key_of_the_native_tool(tmp_path):  # type: ignore[no-untyped-def]
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
-    p = run("--single", f, "--output", "json", check_rc=0)
+    p = invoke("--single", f, "--output", "json", check_rc=0)
     assert len(p.stdout.strip().splitlines()) == 1
     doc = json.loads(p.stdout)
     assert set(doc["summary"]) >= {"ok", "skip", "fail", "elapsed_ms", "check_only"}
@@ -257,7 +226,7 @@ def test_owner_group_mode_and_times_survive_a_run_as_root(tmp_path):  # type: ig
         os.chown(f, acct.uid, acct.extra_gid)
         _times_and_mode(f)
         before = f.stat()
-        run("--single", f, check_rc=0)
+        invoke("--single", f, check_rc=0)
         after = f.stat()
         _kept_what_it_had(before, after)
         assert (after.st_uid, after.st_gid) == (acct.uid, acct.extra_gid) != (0, 0)
@@ -296,20 +265,27 @@ def test_an_unprivileged_run_keeps_owner_and_the_groups_it_may_give(tmp_path):  
 def test_unknown_file_fails_with_the_original_untouched(tmp_path):  # type: ignore[no-untyped-def]
     f = tmp_path / "bad.pcap"
     f.write_bytes(b"this is not a capture at all, honest")
-    p = run("--single", f, "--output", "json", check_rc=1)
+    p = invoke("--single", f, "--output", "json", check_rc=1)
     (entry,) = json.loads(p.stdout)["files"]
     assert entry["status"] == "fail" and "unknown file format" in entry["error"]
     assert f.read_bytes() == b"this is not a capture at all, honest"
     assert not (tmp_path / "bad.pcap.tmp").exists()
     assert not (tmp_path / ".slim_markers").exists()
-    h = run("--single", f, check_rc=1)
+    h = invoke("--single", f, check_rc=1)
     assert h.stderr.startswith(f"FAIL {f}: unknown file format")
 
 
-def test_missing_single_file_fails(tmp_path):  # type: ignore[no-untyped-def]
-    p = run("--single", tmp_path / "nope.pcap", check_rc=1)
-    assert "FAIL" in p.stderr
-    assert not (tmp_path / "nope.pcap.tmp").exists()
+def test_a_single_file_that_does_not_exist_says_so(tmp_path):  # type: ignore[no-untyped-def]
+    """Not "it disappeared during the run": it was never there."""
+    for missing in (tmp_path / "nope.pcap", tmp_path / "no_dir" / "nope.pcap"):
+        p = invoke("--single", missing, check_rc=1)
+        assert p.stderr.splitlines()[0] == f"FAIL {missing}: no such file; nothing was changed"
+        doc = invoke("--single", missing, "--output", "json", check_rc=1).json()
+        assert doc["files"] == [
+            {"file": str(missing), "status": "fail",
+             "error": f"{missing}: no such file; nothing was changed"}
+        ]  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 # --- --dir ----------------------------------------------------------------------------------
@@ -358,7 +334,7 @@ def test_dir_slims_every_pending_file_oldest_first_and_fails_only_the_bad_one(tm
     files = _populate(tmp_path)
     before = listing(tmp_path)
     expected = {n: expected_slim(d) for n, d in files.items() if n != "d_bad.pcap"}
-    p = run("--dir", tmp_path, "--output", "json", check_rc=1)
+    p = invoke("--dir", tmp_path, "--output", "json", check_rc=1)
     _same_listing(tmp_path, expected_listing(before, expected))
     doc = json.loads(p.stdout)
     names = [Path(e["file"]).name for e in doc["files"]]
@@ -375,17 +351,17 @@ def test_dir_slims_every_pending_file_oldest_first_and_fails_only_the_bad_one(tm
     assert not list(tmp_path.glob("*.tmp"))
     assert doc["files"][2]["format"] == "pcapng"
     # second run: marked files are not listed at all; the bad one fails again
-    doc2 = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=1).stdout)
+    doc2 = json.loads(invoke("--dir", tmp_path, "--output", "json", check_rc=1).stdout)
     assert [Path(e["file"]).name for e in doc2["files"]] == ["d_bad.pcap"]
     (tmp_path / "d_bad.pcap").unlink()
-    doc3 = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
+    doc3 = json.loads(invoke("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
     assert doc3["files"] == [] and doc3["summary"]["ok"] == 0
 
 
 def test_dir_human_report(tmp_path):  # type: ignore[no-untyped-def]
     files = _populate(tmp_path)
     before = listing(tmp_path)
-    p = run("--dir", tmp_path, "--workers", "2", check_rc=1)
+    p = invoke("--dir", tmp_path, "--workers", "2", check_rc=1)
     slimmed = {n: expected_slim(d) for n, d in files.items() if n != "d_bad.pcap"}
     _same_listing(tmp_path, expected_listing(before, slimmed))
     lines = p.stderr.strip().splitlines()
@@ -401,7 +377,7 @@ def test_age_filter_leaves_young_files_out(tmp_path):  # type: ignore[no-untyped
     age(tmp_path / "old.pcap", 600)
     before = listing(tmp_path)
     doc = json.loads(
-        run("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout
+        invoke("--dir", tmp_path, "--age-minutes", "5", "--output", "json", check_rc=0).stdout
     )
     assert [Path(e["file"]).name for e in doc["files"]] == ["old.pcap"]
     _same_listing(tmp_path, expected_listing(before, {"old.pcap": expected_slim(capture())}))
@@ -419,9 +395,9 @@ def test_stale_tmp_is_cleaned_and_a_fresh_one_means_busy(tmp_path):  # type: ign
     fresh = tmp_path / "y.pcap.tmp"
     fresh.write_bytes(b"another worker is writing")
     for flag in ("--dry-run", "--check-only"):
-        run("--dir", tmp_path, flag, check_rc=0)
+        invoke("--dir", tmp_path, flag, check_rc=0)
         assert stale.exists()
-    doc = json.loads(run("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
+    doc = json.loads(invoke("--dir", tmp_path, "--output", "json", check_rc=0).stdout)
     assert not stale.exists() and other.exists()
     status = {Path(e["file"]).name: e["status"] for e in doc["files"]}
     assert status == {"x.pcap": "ok", "y.pcap": "skipped_busy"}
@@ -430,14 +406,14 @@ def test_stale_tmp_is_cleaned_and_a_fresh_one_means_busy(tmp_path):  # type: ign
     assert (tmp_path / "y.pcap").read_bytes() == capture()
     # once the other worker is gone for 5 minutes, its tmp is taken over
     age(fresh, 400)
-    run("--single", tmp_path / "y.pcap", check_rc=0)
+    invoke("--single", tmp_path / "y.pcap", check_rc=0)
     assert not fresh.exists() and (tmp_path / ".slim_markers" / "y.pcap").exists()
 
 
 def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-def]
     _populate(tmp_path)
     before = listing(tmp_path)
-    p = run("--dir", tmp_path, "--dry-run", "--output", "json", check_rc=0)
+    p = invoke("--dir", tmp_path, "--dry-run", "--output", "json", check_rc=0)
     lines = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert [Path(x["file"]).name for x in lines] == [
         "a_old.pcap",
@@ -447,7 +423,7 @@ def test_dry_run_lists_and_writes_nothing(tmp_path):  # type: ignore[no-untyped-
         "e.pcap",
     ]
     assert {x["status"] for x in lines} == {"would_slim"}
-    h = run("--dir", tmp_path, "--dry-run", check_rc=0)
+    h = invoke("--dir", tmp_path, "--dry-run", check_rc=0)
     assert h.stderr.splitlines()[0] == f"would slim: {tmp_path / 'a_old.pcap'}"
     assert listing(tmp_path) == before
 
@@ -456,17 +432,17 @@ def test_check_only_reports_the_numbers_and_writes_nothing(tmp_path):  # type: i
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
     mtime = f.stat().st_mtime_ns
-    check = json.loads(run("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
+    check = json.loads(invoke("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
     assert check["summary"]["check_only"] is True
     assert f.read_bytes() == SAMPLE.read_bytes() and f.stat().st_mtime_ns == mtime
     assert not (tmp_path / ".slim_markers").exists() and not list(tmp_path.glob("*.tmp"))
     assert (
-        run("--single", f, "--check-only", check_rc=0)
+        invoke("--single", f, "--check-only", check_rc=0)
         .stderr.strip()
         .splitlines()[-1]
         .startswith("check: ok=1")
     )
-    real = json.loads(run("--single", f, "--output", "json", check_rc=0).stdout)
+    real = json.loads(invoke("--single", f, "--output", "json", check_rc=0).stdout)
     keys = (
         "in_pkts",
         "truncated",
@@ -484,12 +460,12 @@ def test_check_only_reports_the_numbers_and_writes_nothing(tmp_path):  # type: i
 def test_mmap_and_buffered_reads_give_the_same_file(tmp_path, flag):  # type: ignore[no-untyped-def]
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
-    run("--single", f, flag, check_rc=0)
+    invoke("--single", f, flag, check_rc=0)
     assert f.read_bytes() == expected_slim(SAMPLE.read_bytes())
 
 
 def test_unreadable_directory_exits_1(tmp_path):  # type: ignore[no-untyped-def]
-    p = run("--dir", tmp_path / "missing", "--output", "json", check_rc=1)
+    p = invoke("--dir", tmp_path / "missing", "--output", "json", check_rc=1)
     doc = json.loads(p.stdout)
     assert doc["files"] == [] and "cannot read the directory" in doc["error"]
 
@@ -497,28 +473,22 @@ def test_unreadable_directory_exits_1(tmp_path):  # type: ignore[no-untyped-def]
 def test_progress_bars_render_when_asked(tmp_path):  # type: ignore[no-untyped-def]
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
-    p = run("--single", f, "--progress", check_rc=0)
+    p = invoke("--single", f, "--progress", check_rc=0)
     assert "all files" in p.stderr and OK_LINE.match(
         [x for x in p.stderr.splitlines() if x.startswith("ok ")][0]
     )
-    assert "all files" not in run("--single", f, "--no-progress", check_rc=0).stderr
+    assert "all files" not in invoke("--single", f, "--no-progress", check_rc=0).stderr
 
 
-def _marker_owner(f: Path, env: dict[str, str] | None = None) -> tuple[int, int, int]:
+def _marker_owner(f: Path) -> tuple[int, int, int]:
     """Slim f as root; (uid, gid) of its marker and uid of the marker directory."""
-    p = subprocess.run(
-        [sys.executable, "-m", "pcapslim", "--single", str(f)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "PCAPSLIM_MARKER_OWNER"} | (env or {}),
-    )
-    assert p.returncode == 0, p.stderr
+    invoke("--single", f, check_rc=0)
     marker = f.parent / ".slim_markers" / f.name
     return marker.stat().st_uid, marker.stat().st_gid, marker.parent.stat().st_uid
 
 
-def test_markers_belong_to_sensor_when_that_account_exists(tmp_path):  # type: ignore[no-untyped-def]
+def test_markers_belong_to_sensor_when_that_account_exists(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("PCAPSLIM_MARKER_OWNER", raising=False)
     with sensor_account() as (uid, gid):
         f = tmp_path / "s.pcap"
         f.write_bytes(capture())
@@ -526,19 +496,19 @@ def test_markers_belong_to_sensor_when_that_account_exists(tmp_path):  # type: i
         assert uid != os.geteuid()
 
 
-def test_markers_belong_to_the_account_the_environment_names(tmp_path):  # type: ignore[no-untyped-def]
+def test_markers_belong_to_the_account_the_environment_names(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     with temporary_account() as acct:
         f = tmp_path / "o.pcap"
         f.write_bytes(capture())
-        env = {"PCAPSLIM_MARKER_OWNER": acct.name}
-        assert _marker_owner(f, env) == (acct.uid, acct.gid, acct.uid)
+        monkeypatch.setenv("PCAPSLIM_MARKER_OWNER", acct.name)
+        assert _marker_owner(f) == (acct.uid, acct.gid, acct.uid)
 
 
-def test_markers_belong_to_the_running_user_without_such_an_account(tmp_path):  # type: ignore[no-untyped-def]
+def test_markers_belong_to_the_running_user_without_such_an_account(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     f = tmp_path / "g.pcap"
     f.write_bytes(capture())
-    env = {"PCAPSLIM_MARKER_OWNER": "pcapslim-no-such-account"}
-    assert _marker_owner(f, env) == (os.geteuid(), os.getegid(), os.geteuid())
+    monkeypatch.setenv("PCAPSLIM_MARKER_OWNER", "pcapslim-no-such-account")
+    assert _marker_owner(f) == (os.geteuid(), os.getegid(), os.geteuid())
 
 
 def test_an_unprivileged_run_owns_its_markers_even_with_a_sensor_account(tmp_path):  # type: ignore[no-untyped-def]
@@ -563,12 +533,14 @@ def test_forensic_rules_on_the_command_line(tmp_path):  # type: ignore[no-untype
     f = tmp_path / "s.pcap"
     shutil.copyfile(SAMPLE, f)
     check = json.loads(
-        run(
+        invoke(
             "--single", f, "--check-only", "--rules", "forensic", "--output", "json", check_rc=0
         ).stdout
     )
     assert check["summary"]["rules"] == "forensic" and check["files"][0]["rules"] == "forensic"
-    default = json.loads(run("--single", f, "--check-only", "--output", "json", check_rc=0).stdout)
+    default = json.loads(
+        invoke("--single", f, "--check-only", "--output", "json", check_rc=0).stdout
+    )
     assert default["summary"]["rules"] == "compatible"
     data = SAMPLE.read_bytes()
     compatible, forensic = naive.slim_bytes(data), naive.slim_bytes(data, Forensic().decide)
@@ -579,6 +551,31 @@ def test_forensic_rules_on_the_command_line(tmp_path):  # type: ignore[no-untype
     # it, the forensic ones keep it (the twins agree on this, by their own reading)
     assert compatible.categories["tls_other_port"] == 1
     assert "tls_other_port" not in forensic.categories
-    run("--single", f, "--rules", "forensic", check_rc=0)
+    invoke("--single", f, "--rules", "forensic", check_rc=0)
     assert f.read_bytes() == forensic.data
     assert f.stat().st_size == check["files"][0]["out_bytes"]
+
+
+# --- as a shell sees it ---------------------------------------------------------------------
+
+
+def test_exit_codes_and_stdout_as_a_shell_sees_them(tmp_path):  # type: ignore[no-untyped-def]
+    """Real processes: 0 when files were slimmed or there was nothing to do, 1 when a file
+    failed or the directory cannot be read, 2 for a usage error; stdout carries the one-line
+    JSON report and nothing else, and nothing at all with human output."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.pcap").write_bytes(capture())
+    ok = run("--dir", d, "--output", "json", check_rc=0)
+    assert len(ok.stdout.splitlines()) == 1 and ok.json()["summary"]["ok"] == 1
+    assert ok.stderr == ""
+    nothing = run("--dir", d, check_rc=0)
+    assert nothing.stdout == "" and SUMMARY.match(nothing.stderr.strip())
+    (d / "bad.pcap").write_bytes(b"not a capture, but named like one......")
+    failed = run("--dir", d, "--output", "json", check_rc=1)
+    assert [e["status"] for e in failed.json()["files"]] == ["fail"]
+    assert run("--dir", d, check_rc=1).stdout == ""
+    unreadable = run("--dir", tmp_path / "missing", "--output", "json", check_rc=1)
+    assert "cannot read the directory" in unreadable.json()["error"]
+    usage = run("--dir", d, "--workers", "0", "--output", "json", check_rc=2)
+    assert usage.stdout == "" and "Usage" in usage.stderr

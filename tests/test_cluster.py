@@ -16,12 +16,13 @@ from pathlib import Path
 import naive
 import pytest
 import randframes
+from support import tls_frame, wait_for
+from support.cli import CLI
 
 from benches.daskcluster import Cluster
 from pcapslim import coordinator as co
-from pcapslim import slim_file, synth, tmpowner
-
-CLI = [sys.executable, "-m", "pcapslim"]
+from pcapslim import eligibility, slim_file, synth, tmpowner
+from pcapslim.run import Options, build_job
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def test_a_locked_tmp_is_busy_and_taken_over_at_once_when_its_writer_dies(tmp_pa
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     os.utime(tmp, (time.time() - 3600, time.time() - 3600))  # old: the age rule would take it
     assert co.slim_in_place(f, co.Job()).status == co.STATUS_BUSY
-    assert co.clean_stale_tmps(tmp_path) == [] and tmp.exists()
+    assert eligibility.clean_stale_tmps(tmp_path) == [] and tmp.exists()
     assert f.read_bytes() == data
     holder.kill()
     holder.wait()
@@ -228,10 +229,98 @@ def test_an_unmarked_fresh_tmp_still_follows_the_age_rule(tmp_path):  # type: ig
     assert co.tmp_path(f).read_bytes() == b"native"
 
 
-def test_throttles_are_per_worker_process():  # type: ignore[no-untyped-def]
+def test_throttles_are_per_worker_process_and_run():  # type: ignore[no-untyped-def]
+    """The tasks of one run in a worker process share its throttles; another run (or other
+    options) gets its own."""
     from pcapslim import cluster
 
-    a = cluster._job(cluster.Options(max_io_mbps=5))
-    assert cluster._job(cluster.Options(max_io_mbps=5)) is a  # the tasks of one process share it
+    a = cluster.worker_job(Options(max_io_mbps=5), "run-a", 1)
+    assert cluster.worker_job(Options(max_io_mbps=5), "run-a", 1) is a
     assert a.io is not None and a.io.bucket.rate == 5e6
-    assert cluster._job(cluster.Options(max_io_mbps=6)) is not a
+    assert cluster.worker_job(Options(max_io_mbps=6), "run-a", 1) is not a
+    assert cluster.worker_job(Options(max_io_mbps=5), "run-b", 1) is not a
+
+
+# What a job does, as plain values (reads, rules, throttles, compression, the stop): an
+# expression of `job`, evaluated on a worker and here alike (this module is not on the workers).
+JOB_AS_SEEN = """{
+    "options": job.options,
+    "use_mmap": job.use_mmap,
+    "io_rate": job.io.bucket.rate if job.io else None,
+    "cpu": (job.cpu.base_percent, job.cpu.backoff_above, job.cpu.strength) if job.cpu else None,
+    "compress_threads": job.compress_threads,
+    "stop": (isinstance(job.shutdown, __import__("pcapslim.shutdown").shutdown.Shutdown),
+             job.shutdown.grace, job.shutdown.requested),
+    "throttles_sleep_on_the_stop": all(
+        t.sleep == job.shutdown.sleep for t in (job.io, job.cpu) if t is not None
+    ),
+}"""
+ON_WORKER = (
+    f"(lambda job: {JOB_AS_SEEN})"
+    "(__import__('pcapslim.cluster').cluster.worker_job(options, 'same-job', 1))"
+)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        Options(),
+        Options(rules="forensic", max_io_mbps=40, compress_level=9, offset_map=True),
+        Options(check_only=True, max_cpu_percent=30, cpu_backoff_above=50, mmap=False),
+    ],
+    ids=["defaults", "io-cap-forensic", "cpu-cap-check-only"],
+)
+def test_a_worker_builds_its_job_as_a_local_run_does(cluster, options):  # type: ignore[no-untyped-def]
+    """The job a Dask worker runs comes from `run.build_job`, from the same options as a local
+    run with the worker's threads as its concurrency: the same throttles, reads, compression
+    threads rule and stop (a RunStop is a Shutdown with its grace, following the client)."""
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:
+        assert set(client.nthreads().values()) == {1}
+        task = client.submit(eval, ON_WORKER, {"options": options.for_workers()}, pure=False)
+        remote = task.result(timeout=60)
+    local = eval(f"(lambda job: {JOB_AS_SEEN})(job)", {"job": build_job(options, concurrency=1)})
+    assert remote == local
+    print("job on a worker:", remote)
+
+
+def _slow_archive(tmp_path, n: int = 3):  # type: ignore[no-untyped-def]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    data = synth.pcap_bytes([synth.Record(tls_frame(1400), ts=i) for i in range(8000)])
+    for i in range(n):
+        (archive / f"s{i}.pcap").write_bytes(data)
+    return archive, data
+
+
+def test_sigterm_stops_a_cluster_run_as_it_stops_a_local_one(tmp_path, cluster):  # type: ignore[no-untyped-def]
+    """The client is stopped while the workers slim throttled files: no new file is taken, the
+    files in progress are abandoned on the workers after the grace (their originals untouched,
+    no tmp left, reported `abandoned`), and the command exits 0 within ten seconds."""
+    archive, data = _slow_archive(tmp_path)
+    p = subprocess.Popen([*CLI, "--dir", str(archive), "--scheduler", cluster.address,
+                          "--max-io-mbps", "1", "--output", "json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert wait_for(lambda: len(list(archive.glob("*.tmp"))) == 2, 60), "never started"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    took = time.monotonic() - t0
+    assert p.returncode == 0, err
+    assert took < 10, took
+    doc = json.loads(out)
+    assert sorted(e["status"] for e in doc["files"]) == ["abandoned", "abandoned"]
+    for e in doc["files"]:
+        assert "stopped (SIGTERM on the client)" in e["error"], e["error"]
+        assert e["worker"].startswith("tcp://")
+    assert doc["summary"]["skip"] == 2 and doc["summary"]["ok"] == 0
+    for f in archive.glob("*.pcap"):
+        assert f.read_bytes() == data and not co.marker_path(f).exists()
+    assert wait_for(lambda: not list(archive.glob("*.tmp")), 5)
+    print(f"cluster run stopped {took:.2f} s after SIGTERM")

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,14 +18,12 @@ import pytest
 import randframes
 import zstandard
 from capfile import read_records
+from support import ROOT, SAMPLE
+from support.cli import CLI
 from test_differential import _pcapng_section
 
 from pcapslim import analyze_file, slim_file, synth
 from pcapslim import coordinator as co
-
-ROOT = Path(__file__).parent.parent
-SAMPLE = ROOT / "samples" / "loopback_mixed.pcap"
-CLI = [sys.executable, "-m", "pcapslim"]
 
 
 def gzip_cli(data: bytes, members: int = 1) -> bytes:
@@ -323,7 +320,8 @@ def _in_thread(fn):  # type: ignore[no-untyped-def]
 
 
 def test_a_follower_waits_for_the_writer_and_stops_at_its_end(tmp_path):  # type: ignore[no-untyped-def]
-    from pcapslim.compression import Growing, _Raw
+    from pcapslim.compression import _Raw
+    from pcapslim.follow import Growing
 
     path = tmp_path / "growing"
     path.write_bytes(b"")
@@ -352,7 +350,8 @@ def test_a_follower_waits_for_the_writer_and_stops_at_its_end(tmp_path):  # type
 def test_a_file_that_shrank_under_the_follower_ends_the_read(tmp_path):  # type: ignore[no-untyped-def]
     """The writer said 100 bytes, then cut the file to 10 (as a restarted temporary is):
     the read past 10 finds nothing, re-reads once, and ends instead of spinning."""
-    from pcapslim.compression import Growing, _Raw
+    from pcapslim.compression import _Raw
+    from pcapslim.follow import Growing
     from pcapslim.source import buffered_source
 
     path = tmp_path / "shrunk"

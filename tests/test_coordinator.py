@@ -7,15 +7,15 @@ from pathlib import Path
 
 import naive
 import pytest
+from support import TLS, capture
 
 from pcapslim import coordinator as co
 from pcapslim import synth
-
-TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
+from pcapslim.run import Options, build_job
 
 
 def _capture(n: int = 50) -> bytes:
-    return synth.pcap_bytes([synth.Record(TLS, ts=i) for i in range(n)])
+    return capture(n, 0)
 
 
 def _leftovers(d: Path) -> list[str]:
@@ -79,7 +79,7 @@ def test_a_source_that_changes_while_read_is_not_replaced(tmp_path):  # type: ig
                 fh.write(synth.pcap_bytes([synth.Record(TLS)])[24:])
             appended.append(True)
 
-    r = co.slim_in_place(f, co.Job(on_progress=capture_tool_appends))
+    r = co.slim_in_place(f, build_job(Options(on_progress=capture_tool_appends)))
     assert r.status == co.STATUS_FAIL and "changed while it was being read" in (r.error or "")
     assert f.read_bytes() == data + synth.pcap_bytes([synth.Record(TLS)])[24:]
     assert _leftovers(tmp_path) == []
@@ -88,7 +88,7 @@ def test_a_source_that_changes_while_read_is_not_replaced(tmp_path):  # type: ig
 def test_a_source_deleted_during_the_run_fails_cleanly(tmp_path):  # type: ignore[no-untyped-def]
     f = tmp_path / "d.pcap"
     f.write_bytes(_capture())
-    r = co.slim_in_place(f, co.Job(on_progress=lambda *a: f.exists() and f.unlink()))
+    r = co.slim_in_place(f, build_job(Options(on_progress=lambda *a: f.exists() and f.unlink())))
     assert r.status == co.STATUS_FAIL and "removed" in (r.error or "")
     assert _leftovers(tmp_path) == []
 

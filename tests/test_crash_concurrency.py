@@ -6,12 +6,12 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.cli import CLI
 
 from benches.gen_capture import generate
 from pcapslim import slim_file
@@ -19,7 +19,6 @@ from pcapslim import slim_file
 pytestmark = pytest.mark.slow
 
 KILLS = int(os.environ.get("PCAPSLIM_KILLS", "12"))
-CLI = [sys.executable, "-m", "pcapslim"]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +109,7 @@ def test_a_file_gone_between_listing_and_stat_is_passed_over(tmp_path, monkeypat
     """Another slimmer renames its tmp into place (or a capture is removed) after this one
     listed the directory and before it looked at the entry: the entry is passed over, the
     run goes on (it failed the whole directory as unreadable)."""
-    from pcapslim import coordinator as co
+    from pcapslim import eligibility
 
     (tmp_path / "keep.pcap").write_bytes(b"x")
     (tmp_path / name).write_bytes(b"y")
@@ -128,7 +127,7 @@ def test_a_file_gone_between_listing_and_stat_is_passed_over(tmp_path, monkeypat
         def __exit__(self, *exc):  # type: ignore[no-untyped-def]
             self.it.close()
 
-    monkeypatch.setattr(co.os, "scandir", Vanishing)
-    assert co.clean_stale_tmps(tmp_path) == []
+    monkeypatch.setattr(eligibility.os, "scandir", Vanishing)
+    assert eligibility.clean_stale_tmps(tmp_path) == []
     (tmp_path / name).write_bytes(b"y")
-    assert co.pending_files(tmp_path, 0) == [tmp_path / "keep.pcap"]
+    assert eligibility.pending_files(tmp_path, 0) == [tmp_path / "keep.pcap"]

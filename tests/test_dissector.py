@@ -16,11 +16,11 @@ from pathlib import Path
 import proto_capture as pc
 import pytest
 import tls_capture as tc
+from support import SAMPLE
 
 from pcapslim import slim_file, synth
 
 pytestmark = pytest.mark.dissector
-SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
 
 
 def tshark(

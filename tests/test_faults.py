@@ -8,44 +8,41 @@ capabilities that bypass file permissions (setpriv), so they need root, as senso
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support import big_capture as capture
+from support import tls_frame
+from support import tmps as leftovers
+from support.cli import invoke
+from support.cli import run as run_process
 
 from pcapslim import coordinator as co
 from pcapslim import slim_file, synth
+from pcapslim.run import Options, build_job
 
-TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(1000)), 6))
-PLAIN = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 60), 6))
+TLS = tls_frame(1000)
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
-def capture(n_tls: int, n_plain: int = 0) -> bytes:
-    frames = [TLS] * n_tls + [PLAIN] * n_plain
-    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)])
-
-
 def run(*args: object, honour_permissions: bool = False) -> tuple[int, dict]:  # type: ignore[type-arg]
-    cmd = [sys.executable, "-m", "pcapslim", *map(str, args), "--output", "json"]
+    """A run as root (in this process), or, honouring permissions, as root without the
+    capabilities that bypass them (a process of its own)."""
+    argv = [*args, "--output", "json"]
     if honour_permissions:
-        cmd = DROP_DAC + cmd
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert p.returncode in (0, 1), p.stderr
-    return p.returncode, json.loads(p.stdout)
+        ran = run_process(*argv, prefix=DROP_DAC, timeout=600)
+    else:
+        ran = invoke(*argv)
+    assert ran.returncode in (0, 1), ran.stderr
+    return ran.returncode, ran.json()
 
 
 def by_name(doc: dict) -> dict[str, dict]:  # type: ignore[type-arg]
     return {Path(e["file"]).name: e for e in doc["files"]}
-
-
-def leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
 
 
 @contextmanager
@@ -167,7 +164,7 @@ def test_a_source_replaced_during_the_run_is_not_overwritten(tmp_path):  # type:
             os.rename(newer, f)
             done.append(True)
 
-    r = co.slim_in_place(f, co.Job(on_progress=rotate))
+    r = co.slim_in_place(f, build_job(Options(on_progress=rotate)))
     assert r.status == co.STATUS_FAIL and "changed while it was being read" in (r.error or "")
     assert f.read_bytes() == capture(5, 5)
     assert leftovers(tmp_path) == []
@@ -192,7 +189,7 @@ def test_nothing_to_cut_but_changed_meanwhile_gets_no_marker(tmp_path):  # type:
         with f.open("ab") as fh:
             fh.write(b"more")
 
-    r = co.slim_in_place(f, co.Job(on_progress=capture_tool_appends))
+    r = co.slim_in_place(f, build_job(Options(on_progress=capture_tool_appends)))
     assert r.status == co.STATUS_FAIL
     assert not (tmp_path / ".slim_markers" / "growing.pcap").exists()
     assert leftovers(tmp_path) == []

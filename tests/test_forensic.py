@@ -10,8 +10,8 @@ import flowgen
 import naive
 import pytest
 import randframes
-from engine_io import slim_with_engine
 from naive_forensic import EVENTS, Forensic
+from support.engine_io import slim_with_engine
 
 from pcapslim import analyze_file, slim_file, synth
 from pcapslim.constants import FLOW_PROBES, FLOW_SLOTS

@@ -8,7 +8,7 @@ import struct
 import naive
 import pytest
 import randframes
-from engine_io import slim_with_engine
+from support.engine_io import slim_with_engine
 
 from pcapslim import CorruptCaptureError, UnknownFormatError, analyze_file, slim_file, synth
 

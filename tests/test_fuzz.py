@@ -27,10 +27,10 @@ from pathlib import Path
 import naive
 import pytest
 import randframes
-from engine_io import slim_with_engine
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from naive_forensic import Forensic
+from support.engine_io import slim_with_engine
 
 from pcapslim import PcapslimError, kernelset, slim_file, synth
 from pcapslim import coordinator as co

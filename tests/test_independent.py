@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import shutil
-from pathlib import Path
 
 import pytest
 from capfile import read_records
@@ -14,12 +13,12 @@ from scapy.layers.inet6 import IPv6, in6_chksum
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
+from support import SAMPLE
 
 from pcapslim import slim_file, synth
 
 pytestmark = pytest.mark.usefixtures("kernels")  # ahead-of-time and JIT kernels alike
 
-SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
 CUT_PORTS_TCP = (443, 8443, 22, 9000, 993)
 CUT_PORTS_UDP = (443, 500, 4500)
 

@@ -6,14 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support import ROOT, TLS
 
 from pcapslim import synth
 
-PACKAGE = Path(__file__).parent.parent / "pcapslim"
-TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(200)), 6))
+PACKAGE = ROOT / "pcapslim"
 
 PROBE = """
 import sys

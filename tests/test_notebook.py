@@ -16,10 +16,9 @@ import naive
 import nbclient
 import nbformat
 from capfile import read_records
+from support import SAMPLE, SAMPLE_PACKETS
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "flow_stats.ipynb"
-SAMPLE = Path(__file__).parent.parent / "samples" / "loopback_mixed.pcap"
-SAMPLE_PACKETS = 2065  # as the sample's own README counts them
 
 # Appended to the notebook: what its cells computed and showed, as JSON.
 SHOW = """

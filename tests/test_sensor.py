@@ -1,10 +1,9 @@
 """Life on a sensor: the watching service, files still being written, clean shutdown on
 SIGTERM/SIGINT, systemd's notifications and units, Prometheus metrics, and offset maps for
-indexes that point into the captures. Real subprocesses, real inotify, real sockets."""
+indexes that point into captures. Real subprocesses, real inotify, real sockets."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -19,43 +18,35 @@ from pathlib import Path
 
 import naive
 import pytest
-from accounts import temporary_account
 from capfile import record_starts
 from prometheus_client.parser import text_string_to_metric_families
+from support import (
+    ROOT,
+    SAMPLE,
+    UNITS,
+    age,
+    digest,
+    marked,
+    plain_frame,
+    tls_frame,
+    wait_for,
+)
+from support import capture as _capture
+from support.accounts import temporary_account
+from support.cli import CLI
 
-from pcapslim import coordinator as co
 from pcapslim import offsetmap, slim_file, synth
+from pcapslim.coordinator import slim_in_place
 from pcapslim.inuse import being_written
+from pcapslim.markers import marker_path
+from pcapslim.run import Options, build_job
 
-ROOT = Path(__file__).parent.parent
-SAMPLE = ROOT / "samples" / "loopback_mixed.pcap"
-UNITS = ROOT / "contrib" / "systemd"
-CLI = [sys.executable, "-m", "pcapslim"]
-TLS = synth.eth_ip(synth.ipv4(synth.tcp(443, 50000, b"\x17\x03\x03" + bytes(1000)), 6))
-PLAIN = synth.eth_ip(synth.ipv4(synth.tcp(80, 50000, b"GET / HTTP/1.1\r\n" * 60), 6))
+TLS = tls_frame(1000)
+PLAIN = plain_frame(60)
 
 
 def capture(n_tls: int = 3, n_plain: int = 2) -> bytes:
-    frames = [TLS] * n_tls + [PLAIN] * n_plain
-    return synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)])
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
-def age(path: Path, seconds: float) -> None:
-    t = time.time() - seconds
-    os.utime(path, (t, t))
-
-
-def marked(path: Path) -> bool:
-    return (path.parent / ".slim_markers" / path.name).exists()
+    return _capture(n_tls, n_plain, tls=TLS, plain=PLAIN)
 
 
 def watcher(d: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -174,6 +165,105 @@ def test_watcher_slims_what_is_there_what_arrives_and_what_is_closed(tmp_path): 
     assert not list(d.glob("*.tmp"))
 
 
+def _twelve(d: Path) -> dict[str, bytes]:
+    """Twelve captures of a few hundred kB each, oldest first by name."""
+    d.mkdir()
+    files = {}
+    for i in range(12):
+        data = capture(150 + 10 * i, 20)
+        (d / f"c{i:02d}.pcap").write_bytes(data)
+        age(d / f"c{i:02d}.pcap", 3600 - i)
+        files[f"c{i:02d}.pcap"] = data
+    return files
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_watcher_takes_every_file_present_at_start_without_waiting_for_a_rescan(  # type: ignore[no-untyped-def]
+    tmp_path, workers
+):
+    """More files than workers at start, and a rescan an hour away: the watcher slims them all
+    within the time a one-shot run over the same files takes, plus 2 s. (It slimmed one file per
+    worker and left the rest to one rescan each: a finished worker's slot was seen only after
+    the loop went back to sleep until the next rescan.)"""
+    once, watched = tmp_path / "once", tmp_path / "watched"
+    files = _twelve(once)
+    _twelve(watched)
+    t0 = time.monotonic()
+    done = subprocess.run([*CLI, "--dir", str(once), "--workers", workers, "--output", "json"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    one_shot = time.monotonic() - t0
+    assert done.returncode == 0 and json.loads(done.stdout)["summary"]["ok"] == 12, done.stderr
+    t0 = time.monotonic()
+    p = watcher(watched, "--workers", workers, "--rescan-seconds", "3600")
+    try:
+        all_marked = wait_for(lambda: all(marked(watched / n) for n in files), 60, step=0.02)
+        took = time.monotonic() - t0
+    finally:
+        rc, lines, err = stop(p)
+    assert all_marked, [n for n in files if not marked(watched / n)]
+    assert rc == 0, err
+    print(f"workers {workers}: one-shot run {one_shot:.2f} s, watcher {took:.2f} s for 12 files")
+    assert took <= one_shot + 2.0, (took, one_shot)
+    for name, data in files.items():
+        assert (watched / name).read_bytes() == naive.slim_bytes(data).data
+    assert [x["status"] for x in lines if "file" in x] == ["ok"] * 12
+
+
+def test_files_arriving_while_every_worker_is_busy_are_taken_as_soon_as_one_is_free(  # type: ignore[no-untyped-def]
+    tmp_path, big_capture
+):
+    """One worker, busy with a throttled capture; three captures arrive meanwhile. Each is
+    taken as soon as the worker is free: all are slimmed within moments of the busy one, not
+    at the next rescan (an hour away)."""
+    d = tmp_path / "pcap"
+    d.mkdir()
+    big, _, _ = big_capture
+    slow = d / "slow.pcap"
+    with open(big, "rb") as src, open(slow, "wb") as dst:
+        dst.write(src.read(40_000_000))  # a cut-short tail is kept as it is
+    age(slow, 3600)
+    p = watcher(d, "--rescan-seconds", "3600", "--max-io-mbps", "40")
+    arrivals = {}
+    try:
+        assert wait_for(lambda: (d / "slow.pcap.tmp").exists(), 20)
+        for i in range(3):
+            f = tmp_path / f"new{i}.pcap"
+            f.write_bytes(capture(40 + i, 5))
+            age(f, 3600)
+            os.rename(f, d / f.name)
+            arrivals[f.name] = capture(40 + i, 5)
+        assert (d / "slow.pcap.tmp").exists(), "the worker was not busy while they arrived"
+        assert wait_for(lambda: marked(slow), 60)
+        freed = time.monotonic()
+        assert wait_for(lambda: all(marked(d / n) for n in arrivals), 10, step=0.02)
+        after = time.monotonic() - freed
+    finally:
+        rc, lines, err = stop(p)
+    assert rc == 0, err
+    print(f"three captures that arrived while the worker was busy: done {after:.2f} s after it")
+    assert after < 2.0, after
+    for name, data in arrivals.items():
+        assert (d / name).read_bytes() == naive.slim_bytes(data).data
+    names = [Path(x["file"]).name for x in lines if "file" in x]
+    assert names[0] == "slow.pcap" and sorted(names[1:]) == sorted(arrivals)
+
+
+def test_a_young_file_is_taken_when_it_comes_of_age_without_a_rescan(tmp_path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "pcap"
+    d.mkdir()
+    young = d / "young.pcap"
+    young.write_bytes(capture())
+    age(young, 57)
+    p = watcher(d, "--age-minutes", "1", "--rescan-seconds", "3600")
+    try:
+        time.sleep(1.0)
+        assert not marked(young)
+        assert wait_for(lambda: marked(young), 8)
+    finally:
+        rc, _, err = stop(p)
+    assert rc == 0, err
+
+
 def test_one_shot_dir_leaves_files_open_for_writing_alone(tmp_path):  # type: ignore[no-untyped-def]
     (tmp_path / "done.pcap").write_bytes(capture())
     w = Writer(tmp_path / "open.pcap", capture(), tmp_path / "..")
@@ -243,15 +333,7 @@ def big_capture(tmp_path_factory):  # type: ignore[no-untyped-def]
     big.write_bytes(part.read_bytes()[:24] + body * 10)
     slim = d / "big.slim.pcap"
     slim_file(big, slim)
-    return (
-        big,
-        hashlib.sha256(big.read_bytes()).digest(),
-        hashlib.sha256(slim.read_bytes()).digest(),
-    )
-
-
-def _digest(p: Path) -> bytes:
-    return hashlib.sha256(p.read_bytes()).digest()
+    return big, digest(big), digest(slim)
 
 
 @pytest.mark.slow
@@ -273,8 +355,8 @@ def test_sigterm_at_random_points_stops_within_ten_seconds_cleanly(tmp_path, big
         assert rc == 0, err
         assert took < 10, took
         assert not (d / "big.pcap.tmp").exists()
-        state = "slim" if _digest(f) == slim_digest else "original"
-        assert state == "slim" or _digest(f) == orig_digest, "neither the original nor the slim"
+        state = "slim" if digest(f) == slim_digest else "original"
+        assert state == "slim" or digest(f) == orig_digest, "neither the original nor the slim"
         assert marked(f) == (state == "slim")
         statuses = [x["status"] for x in lines if "file" in x]
         assert statuses == (["ok"] if state == "slim" else ["abandoned"])
@@ -310,7 +392,7 @@ def test_a_slow_file_is_abandoned_after_the_grace_and_a_second_sigint_at_once(  
         assert [e["status"] for e in doc["files"]] == ["abandoned"]
         assert "stopped (SIG" in doc["files"][0]["error"]
         assert doc["summary"]["skip"] == 1 and doc["summary"]["fail"] == 0
-        assert _digest(f) == orig_digest and not marked(f)
+        assert digest(f) == orig_digest and not marked(f)
         assert not (d / "slow.pcap.tmp").exists()
         print(f"{'+'.join(s.name for s in signals)}: exited {took:.2f} s after the first signal")
 
@@ -354,6 +436,51 @@ def test_only_the_main_thread_takes_the_stop_signals(tmp_path):  # type: ignore[
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
+
+
+def test_a_stop_ends_the_watcher_even_when_its_report_cannot_be_written(tmp_path):  # type: ignore[no-untyped-def]
+    """Its reader stopped reading: the watcher blocks writing a JSON line to a full pipe. A
+    SIGTERM still ends it, EXIT_SECONDS after the grace, with exit 1 (the report is not whole)
+    and a message on stderr; every capture is then the original or its complete slim copy."""
+    d = tmp_path / "pcap"
+    d.mkdir()
+    small = capture(2, 1)
+    for i in range(300):  # ~600 bytes of JSON each: far more than a pipe holds
+        (d / f"f{i:03d}.pcap").write_bytes(small)
+    p = subprocess.Popen([*CLI, "--dir", str(d), "--watch", "--output", "json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        count = 0
+
+        def stalled() -> bool:
+            nonlocal count
+            now = sum(1 for _ in (d / ".slim_markers").iterdir()) if marked_dir.exists() else 0
+            still, count = now == count and now > 0, now
+            return still and now < 300
+
+        marked_dir = d / ".slim_markers"
+        assert wait_for(stalled, 60, step=1.0), "the watcher never blocked on its output"
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+        took = time.monotonic() - t0
+        assert p.stderr is not None
+        err = p.stderr.read().decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for pipe in (p.stdout, p.stderr):
+            if pipe is not None:
+                pipe.close()
+    print(f"blocked writing its report after {count} files; exited {took:.2f} s after SIGTERM")
+    assert rc == 1, err
+    assert "did not end" in err and "exiting now" in err
+    assert took < 12, took
+    slim = naive.slim_bytes(small).data
+    for f in d.glob("*.pcap"):
+        assert f.read_bytes() == (slim if marked(f) else small), f.name
+    assert not list(d.glob("*.tmp"))
 
 
 # --- systemd --------------------------------------------------------------------------------
@@ -550,7 +677,7 @@ def _check_offsets(original: bytes, path: Path) -> int:
     """Every record's old offset remaps to the offset of the same record in the slim file."""
     old, new = record_starts(original), record_starts(path.read_bytes())
     assert len(old) == len(new)
-    got = offsetmap.remap(offsetmap.map_path(co.marker_path(path)), old)
+    got = offsetmap.remap(offsetmap.map_path(marker_path(path)), old)
     assert got.tolist() == new
     return len(old)
 
@@ -578,17 +705,17 @@ def test_offset_maps_remap_every_record_of_fixtures_and_random_captures(tmp_path
     cases = [(p.name, p.read_bytes()) for p in sorted((ROOT / "fixtures" / "cases").glob("*"))
              if p.suffix in (".pcap", ".pcapng") and ".expected" not in p.name]  # fmt: skip
     cases += _random_captures() + [("sample.pcap", SAMPLE.read_bytes())]
-    job = co.Job(offset_map=True)
+    job = build_job(Options(offset_map=True))
     records = 0
     for name, data in cases:
         f = tmp_path / name
         f.write_bytes(data)
-        result = co.slim_in_place(f, job)
-        if result.status == co.STATUS_FAIL:  # the fixtures of corrupt files
-            assert not Path(offsetmap.map_path(co.marker_path(f))).exists()
-            assert not Path(offsetmap.map_path(co.marker_path(f)) + ".tmp").exists()
+        result = slim_in_place(f, job)
+        if result.status == "fail":  # the fixtures of corrupt files
+            assert not Path(offsetmap.map_path(marker_path(f))).exists()
+            assert not Path(offsetmap.map_path(marker_path(f)) + ".tmp").exists()
             continue
-        assert result.status == co.STATUS_OK, (name, result.error)
+        assert result.status == "ok", (name, result.error)
         records += _check_offsets(data, f)
     print(f"offset maps checked: {len(cases)} captures, {records} records")
     assert records > 10_000
@@ -602,9 +729,9 @@ def test_offset_map_from_the_command_and_its_format(tmp_path):  # type: ignore[n
                        text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stderr
     _check_offsets(SAMPLE.read_bytes(), f)
-    raw = Path(offsetmap.map_path(co.marker_path(f))).read_bytes()
+    raw = Path(offsetmap.map_path(marker_path(f))).read_bytes()
     assert raw.startswith(b"PCAPSLIM-OFFSETS\x01\x00\x00\x00")
-    breaks, shifts = offsetmap.load(offsetmap.map_path(co.marker_path(f)))
+    breaks, shifts = offsetmap.load(offsetmap.map_path(marker_path(f)))
     from capfile import read_records
 
     cut = [

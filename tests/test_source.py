@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import randframes
 import zstandard
-from engine_io import slim_with_engine
+from support.engine_io import slim_with_engine
 from test_compressed import gzip_cli, zstd_frames
 
 from pcapslim import synth
@@ -110,7 +110,7 @@ def test_an_error_arrives_after_the_bytes_before_it():  # type: ignore[no-untype
         with pytest.raises(OSError, match="the disk failed here"):
             while True:
                 buf, base, lo, hi = src.window(pos, 1000)
-                assert bytes(buf[lo:hi]) == data[pos:hi + base]
+                assert bytes(buf[lo:hi]) == data[pos : hi + base]
                 pos = base + hi
         # the two whole segments before the failing one were handed out, to the last window
         # that fitted in them
@@ -150,8 +150,10 @@ def test_compressed_window_and_budget_never_change_the_output(tmp_path, codec, w
     src.write_bytes(gzip_cli(data, 2) if codec == "gzip" else zstd_frames(data, 3))
     dst = tmp_path / "out"
     st = slim_with_engine(src, dst, window_bytes=window, max_records=budget)
-    unpacked = (zstandard.ZstdDecompressor().stream_reader(dst.read_bytes(),
-                read_across_frames=True).read() if codec == "zstd"  # fmt: skip
-                else __import__("gzip").decompress(dst.read_bytes()))
+    unpacked = (
+        zstandard.ZstdDecompressor().stream_reader(dst.read_bytes(), read_across_frames=True).read()
+        if codec == "zstd"  # fmt: skip
+        else __import__("gzip").decompress(dst.read_bytes())
+    )
     assert unpacked == expected.data
     assert st.in_pkts == expected.packets and st.tail_bytes == expected.tail

@@ -20,7 +20,7 @@ from typing import Any
 
 from numba import types
 
-from ..kernelset import AOT_NAME, STAMP_FILE, stamp_words
+from ..kernelsources import AOT_NAME, STAMP_FILE, stamp_words
 from .copy import copy_records
 from .decide import is_sliced_linktype
 from .flows import packet_rows

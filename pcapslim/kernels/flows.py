@@ -34,12 +34,10 @@ from ..constants import (
     P_TS_NS,
     P_VER,
     PCAPNG_BOM,
-    PCAPNG_EPB_DATA,
     PCAPNG_IDB,
     PCAPNG_OPB,
     PCAPNG_OPT_TSRESOL,
     PCAPNG_SPB,
-    PCAPNG_SPB_DATA,
     S_IFACES,  # the index kernels' pcapng section state, followed again
     S_LE,
 )
@@ -157,16 +155,11 @@ def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
         else:
             lle = state[S_LE]
             btype = u32(buf, start, lle)
-            if btype == PCAPNG_SPB:
-                data = start + PCAPNG_SPB_DATA
-                caplen = min(u32(buf, start + 8, lle), u32(buf, start + 4, lle) - 16)
-            else:
-                data = start + PCAPNG_EPB_DATA
+            if btype != PCAPNG_SPB:  # enhanced and obsolete blocks carry a timestamp
                 if btype == PCAPNG_OPB:
                     iface = u16(buf, start + 8, lle)
                 else:
                     iface = u32(buf, start + 8, lle)
-                caplen = u32(buf, start + 20, lle)
                 resol = DEFAULT_TSRESOL
                 if iface < state[S_IFACES] and iface < tsres.shape[0]:
                     resol = tsres[iface]

@@ -2,8 +2,13 @@
 
 Each kernel fills rows of the record table (fields F_* of pcapslim.constants) for the complete
 records in buf[start:end] and returns (records, next_pos, status, need): `need` is how many
-bytes from next_pos the record there needs when status is ST_NEED_MORE. With `decide` false
-they only find and check the records (the verification pass).
+bytes from next_pos the record there needs when status is ST_NEED_MORE, and the record's
+captured length when it is ST_CORRUPT_CAPLEN (what the error message names). With `decide`
+false they only find and check the records (the verification pass).
+
+Every packet row (enhanced, simple and obsolete packet blocks, pcap records) says where its
+frame starts (F_DATA) and how many of its bytes were captured (F_CAPLEN); later stages read the
+frame there and never parse the block again.
 
 `ftable` and `fstate` are the forensic flow table and its clock and probe count (SPEC §8), or
 None for the stateless rules.
@@ -44,6 +49,7 @@ from ..constants import (
     PCAPNG_MIN_IDB,
     PCAPNG_MIN_OPB,
     PCAPNG_MIN_SHB,
+    PCAPNG_MIN_SPB,
     PCAPNG_OPB,
     PCAPNG_SHB,
     PCAPNG_SPB,
@@ -106,7 +112,7 @@ def index_pcap(buf, start, end, le, snaplen, linktype, rec, decide, ftable, fsta
             return n, pos, ST_NEED_MORE, PCAP_REC_HDR_LEN
         caplen = u32(buf, pos + 8, le)
         if caplen_is_corrupt(caplen, snaplen):
-            return n, pos, ST_CORRUPT_CAPLEN, 0
+            return n, pos, ST_CORRUPT_CAPLEN, caplen
         rlen = PCAP_REC_HDR_LEN + caplen
         if rlen > avail:
             return n, pos, ST_NEED_MORE, rlen
@@ -194,7 +200,7 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, 
             if iface < state[S_IFACES]:
                 snap = if_snap[iface]
             if snap != 0 and caplen_is_corrupt(caplen, snap):
-                return n, pos, ST_CORRUPT_CAPLEN, 0
+                return n, pos, ST_CORRUPT_CAPLEN, caplen
             if PCAPNG_EPB_DATA + caplen + 4 > blen:
                 return n, pos, (ST_BAD_EPB if btype == PCAPNG_EPB else ST_BAD_OPB), 0
         if blen > avail:
@@ -231,10 +237,14 @@ def index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide, ftable, 
         elif btype == PCAPNG_EPB or btype == PCAPNG_OPB:
             link = if_link[iface] if iface < state[S_IFACES] else -1
             _plain_row(rec, n, pos, blen, KIND_OTHER_PACKET, link)
+            rec[n, F_DATA] = pos + PCAPNG_EPB_DATA
+            rec[n, F_CAPLEN] = caplen
         elif btype == PCAPNG_SPB:
             link = if_link[0] if state[S_IFACES] > 0 else -1
             _plain_row(rec, n, pos, blen, KIND_OTHER_PACKET, link)
             rec[n, F_DATA] = pos + PCAPNG_SPB_DATA
+            # the frame: the original length, or as much of it as the block holds
+            rec[n, F_CAPLEN] = max(0, min(u32(buf, pos + 8, le), blen - PCAPNG_MIN_SPB))
         else:
             _plain_row(rec, n, pos, blen, KIND_BLOCK, -1)
         n += 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import numba
 
-from ..kernelset import KERNEL_DIR, sources_digest
+from ..kernelsources import KERNEL_DIR, sources_digest
 
 
 def _install_locators() -> None:

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pcapslim.engine import FdSink, process
+from pcapslim.engine import process
+from pcapslim.sinks import FdSink
 from pcapslim.stats import SlimStats
 
 

@@ -1,0 +1,597 @@
+"""The run layer: one path from options to results for the command, the watcher, the cluster
+and the library.
+
+- `Options`: every setting of a run (what the command's flags say), frozen and picklable; the
+  progress callback and the stop signal stay in the process that made them.
+- `build_job`: the per-file job those options ask for (throttles, rules, reads, compression
+  threads, the stop), on this machine and on every Dask worker alike.
+- `Scheduler`: runs a stream of files on N workers (threads here, or a Dask cluster) and hands
+  each result to a callback as it finishes; it stops taking files when the run is stopped.
+- `slim_files`, `slim_dir`, `watch_dir`: `--single`, `--dir` and `--watch`, for the command
+  and the library alike.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import queue
+import select
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import DirectoryError, UsageError
+from .results import STATUS_ABANDONED, STATUS_FAIL, STATUS_MARKED, STATUS_WOULD_SLIM, FileResult
+from .shutdown import STRAND_SECONDS, Shutdown, signals_to_main
+
+if TYPE_CHECKING:
+    from .coordinator import Job
+    from .metrics import Metrics
+    from .sdnotify import Notifier
+
+RULES = ("compatible", "forensic")
+MMAP_MAX_WORKERS = 2  # default reads: mapped with up to this many workers, buffered above
+# the ranges of the numeric options: (lowest, highest), None where unbounded
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "workers": (1, 256),
+    "age_minutes": (0, None),
+    "max_io_mbps": (0.001, None),
+    "max_cpu_percent": (1, 100),
+    "cpu_backoff_above": (0, 100),
+    "cpu_backoff_strength": (0.0, 1.0),
+    "compress_level": (1, 19),
+    "rescan_seconds": (1, None),
+}
+
+ResultCallback = Callable[[FileResult], None]
+FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a run slims: every setting the command takes. Checked when made (UsageError)."""
+
+    rules: str = "compatible"  # SPEC §1, or "forensic" (§8)
+    check_only: bool = False  # analyse and report; write nothing
+    dry_run: bool = False  # list what would be slimmed; write nothing
+    workers: int = 1  # files at once
+    age_minutes: float = 0.0  # directories: leave files younger than this
+    recursive: bool = False  # directories: the whole tree below
+    mmap: bool | None = None  # mapped or buffered reads; None: by the number of workers
+    max_io_mbps: float | None = None  # read + write, decimal MB/s, shared by the workers
+    max_cpu_percent: float | None = None  # share of the machine's CPU
+    cpu_backoff_above: float | None = None  # lower the CPU target while the rest is busy
+    cpu_backoff_strength: float = 0.5
+    compress_level: int | None = None  # compressed captures: the slim copy's level
+    offset_map: bool = False  # each file's old-to-new record offsets beside its marker
+    scheduler: str | None = None  # a Dask scheduler's address: run the files there
+    rescan_seconds: float = 60.0  # watching: look through the directory this often too
+    metrics_file: str | None = None  # Prometheus textfile metrics
+    # local to the process that made the options: never sent to a cluster's workers
+    on_progress: FileProgress | None = field(default=None, compare=False, repr=False)
+    stop: Shutdown | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.rules not in RULES:
+            raise UsageError(f"rules must be one of {', '.join(RULES)}, not {self.rules!r}")
+        for name, (lo, hi) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise UsageError(f"{name.replace('_', '-')} must be {span}, not {value}")
+        if self.dry_run and self.check_only:
+            raise UsageError("--dry-run and --check-only exclude each other")
+        if self.offset_map and (self.dry_run or self.check_only):
+            raise UsageError(
+                "--offset-map is written when files are slimmed, not with --dry-run or --check-only"
+            )
+
+    @property
+    def local_fields(self) -> tuple[str, ...]:
+        return ("on_progress", "stop")
+
+    def for_workers(self) -> Options:
+        """The options as a cluster's workers get them: without what is local to this one."""
+        return replace(self, on_progress=None, stop=None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in self.local_fields:
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, state.get(f.name, f.default))
+
+    def use_mmap(self, concurrency: int) -> bool:
+        """Mapped reads unless asked otherwise, or more than MMAP_MAX_WORKERS files at once."""
+        return self.mmap if self.mmap is not None else concurrency <= MMAP_MAX_WORKERS
+
+
+def compress_threads(cpu_capped: bool, concurrency: int) -> int:
+    """zstd compresses on the cores the files at once leave free; none under a CPU cap."""
+    return 0 if cpu_capped else max(0, (os.cpu_count() or 1) // concurrency - 1)
+
+
+def build_job(
+    options: Options, *, concurrency: int | None = None, stop: Shutdown | None = None
+) -> Job:
+    """The per-file job of a run: its throttles (shared by every file of this process), reads,
+    rules, compression and stop. `concurrency` is how many files this process runs at once
+    (the options' workers here, a Dask worker's threads there); `stop` is the run's stop,
+    the options' own when not given."""
+    from .coordinator import Job
+    from .throttle import throttles
+
+    stop = stop or options.stop or Shutdown()
+    at_once = concurrency or options.workers
+    io, cpu = throttles(
+        options.max_io_mbps,
+        options.max_cpu_percent,
+        options.cpu_backoff_above,
+        options.cpu_backoff_strength,
+        stop.sleep,
+    )
+    return Job(
+        options=options,
+        use_mmap=options.use_mmap(at_once),
+        io=io,
+        cpu=cpu,
+        shutdown=stop,
+        compress_threads=compress_threads(cpu is not None, at_once),
+    )
+
+
+# --- running files on workers --------------------------------------------------------------
+
+
+class Pool(Protocol):
+    """Where the scheduler's files run."""
+
+    slots: int  # files in flight at once
+
+    def submit(self, path: str) -> Future[FileResult | None]:
+        """Run one file; None as its result means it was not taken (the run had stopped)."""
+        ...
+
+    def stopping(self, why: str, abandon: bool) -> None:
+        """The run was stopped (by `why`, a signal's name; abandon: its files are to be
+        abandoned now)."""
+        ...
+
+    def failure(self, path: str, error: BaseException) -> FileResult:
+        """The result of a file whose run itself failed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """Threads of this process, each taking file after file for the whole run."""
+
+    def __init__(self, job: Job, workers: int) -> None:
+        self.job = job
+        self.slots = workers
+        self._inbox: queue.SimpleQueue[tuple[str, Future[FileResult | None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, path: str) -> Future[FileResult | None]:
+        fut: Future[FileResult | None] = Future()
+        if len(self._threads) < self.slots:
+            with signals_to_main():  # the stop signals stay the main thread's
+                t = threading.Thread(
+                    target=self._work, name=f"pcapslim-file-{len(self._threads)}", daemon=True
+                )
+                t.start()
+            self._threads.append(t)
+        self._inbox.put((path, fut))
+        return fut
+
+    def _work(self) -> None:
+        from .coordinator import slim_in_place
+
+        while (item := self._inbox.get()) is not None:
+            path, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                stop = self.job.shutdown
+                taken = stop is None or not stop.requested
+                fut.set_result(slim_in_place(Path(path), self.job) if taken else None)
+            except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
+                fut.set_exception(e)
+
+    def stopping(self, why: str, abandon: bool) -> None:
+        pass  # the job shares the run's stop
+
+    def failure(self, path: str, error: BaseException) -> FileResult:
+        return FileResult(
+            path,
+            STATUS_FAIL,
+            error=f"{path}: internal error {type(error).__name__}: {error}; the original is "
+            "untouched (please report this)",
+        )
+
+    def close(self) -> None:
+        """The threads end (those left behind by a stop, blocked, are not waited for) and the
+        replaced originals are let go of."""
+        from .coordinator import drain
+
+        for _ in self._threads:
+            self._inbox.put(None)
+        stop = self.job.shutdown
+        if stop is None or not stop.stranded:
+            for t in self._threads:
+                t.join()
+            drain()
+
+
+class Scheduler:
+    """Runs the files it is given on a pool, oldest key first, as many at once as the pool has
+    slots, and hands each result to `on_result` (in the thread that calls `step`) as it
+    finishes. Once the run's stop is requested it takes no new file."""
+
+    def __init__(self, pool: Pool, stop: Shutdown, on_result: ResultCallback) -> None:
+        self.pool = pool
+        self.stop = stop
+        self.on_result = on_result
+        self._waiting: list[tuple[float, int, str]] = []  # a heap: (key, order, path)
+        self._order = itertools.count()
+        self._queued: set[str] = set()
+        self._busy: dict[Future[FileResult | None], str] = {}
+        self._finished: deque[Future[FileResult | None]] = deque()
+        self._told = 0  # what the pool was told: 1 stopping, 2 abandoning
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        stop.add_listener(self._poke)
+
+    # what it holds
+    def add(self, path: str, key: float = 0.0) -> None:
+        if path in self._queued:
+            return
+        self._queued.add(path)
+        heapq.heappush(self._waiting, (key, next(self._order), path))
+
+    def holds(self, path: str) -> bool:
+        return path in self._queued or path in self._busy.values()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    # turning
+    def step(self, timeout: float | None, fds: Sequence[int] = ()) -> list[int]:
+        """Start what fits, wait until a file finishes, one of `fds` is readable, a signal or
+        a stop arrives, or `timeout` passes; hand over what finished and start what fits
+        again. Returns those of `fds` that are readable."""
+        self._start()
+        ready, _, _ = select.select([self._wake_r, *fds], [], [], timeout)
+        if self._wake_r in ready:
+            _drain(self._wake_r)
+        self._collect()
+        self._start()
+        return [fd for fd in ready if fd != self._wake_r]
+
+    def run(self) -> None:
+        """Until every file given has finished, or the run is stopped."""
+        with self.signal_wakeups():
+            while (self._waiting or self._busy) and not self.stop.requested:
+                self.step(None)
+            self.finish()
+
+    def finish(self, on_tick: Callable[[], None] | None = None) -> None:
+        """Take no new file; wait for those in progress (abandoned as the stop says), but not
+        longer than STRAND_SECONDS after they were to be abandoned: a file still running then
+        is reported abandoned and left to its thread. `on_tick` runs at least every half
+        second meanwhile."""
+        self._waiting.clear()
+        self._queued.clear()
+        while self._busy:
+            timeout = 0.5 if on_tick is not None else None
+            abandon_at = self.stop.abandon_at() if self.stop.requested else None
+            if abandon_at is not None:
+                left = abandon_at + STRAND_SECONDS - time.monotonic()
+                if left <= 0:
+                    break
+                timeout = min(left, 0.5)
+            self.step(timeout)
+            if on_tick is not None:
+                on_tick()
+        for fut, path in list(self._busy.items()):  # blocked beyond its abandonment
+            del self._busy[fut]
+            self.stop.stranded += 1
+            why = f" ({self.stop.signal_name})" if self.stop.signal_name else ""
+            self.on_result(
+                FileResult(
+                    path,
+                    STATUS_ABANDONED,
+                    error=f"{path}: stopped{why}, and still blocked {STRAND_SECONDS:.0f} s after "
+                    "it was abandoned; the original is untouched and its tmp file, if any, is "
+                    "taken over by the next run",
+                )
+            )
+
+    def close(self) -> None:
+        self.stop.remove_listener(self._poke)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    @contextmanager
+    def signal_wakeups(self) -> Iterator[None]:
+        """In the main thread, a signal wakes `step` whichever thread the kernel gave it to."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)
+
+    def _start(self) -> None:
+        if self.stop.requested:
+            self._waiting.clear()
+            self._queued.clear()
+            told = 2 if self.stop.must_abandon() else 1
+            if told > self._told:
+                self._told = told
+                self.pool.stopping(self.stop.signal_name, abandon=told == 2)
+            return
+        while self._waiting and len(self._busy) < self.pool.slots:
+            _, _, path = heapq.heappop(self._waiting)
+            self._queued.discard(path)
+            with signals_to_main():  # whatever thread the pool starts for it
+                fut = self.pool.submit(path)
+                self._busy[fut] = path
+                fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future[FileResult | None]) -> None:
+        self._finished.append(fut)
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # wake-ups pending already, or closed
+
+    def _collect(self) -> None:
+        while self._finished:
+            fut = self._finished.popleft()
+            path = self._busy.pop(fut, None)
+            if path is None or fut.cancelled():
+                continue
+            try:
+                result = fut.result()
+            except Exception as e:  # the pool could not run it
+                result = self.pool.failure(path, e)
+            if result is not None:
+                self.on_result(result)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+class _Session:
+    """What every run shares: its stop, the cluster client or the local job, the metrics."""
+
+    def __init__(self, options: Options, on_notice: Callable[[str], None] | None) -> None:
+        from . import kernelset
+
+        self.options = options
+        self.stop = options.stop or Shutdown()
+        self.client: Any = None
+        self.job: Job | None = None
+        self.metrics: Metrics | None = None
+        if options.scheduler is not None:  # before anything is touched
+            from .cluster import connect
+
+            self.client = connect(options.scheduler)
+        else:  # the throttles start first: loading the kernels is charged to the CPU cap
+            self.job = build_job(options, stop=self.stop)
+        try:
+            kernels = kernelset.active()
+            if kernels.fallback and on_notice is not None:
+                on_notice(
+                    f"note: kernels: jit — {kernels.fallback}; reinstall pcapslim where a C "
+                    "compiler is available for the ahead-of-time kernels (faster start, no "
+                    "compile on first use)"
+                )
+            if options.metrics_file is not None:
+                from .metrics import Metrics
+
+                self.metrics = Metrics(options.metrics_file)
+                self.metrics.write()
+        except BaseException:
+            self.close()
+            raise
+
+    def pool(self) -> Pool:
+        if self.client is not None:
+            from .cluster import ClusterPool
+
+            return ClusterPool(self.client, self.options)
+        assert self.job is not None
+        return LocalPool(self.job, self.options.workers)
+
+    def run(
+        self, files: Sequence[Path], on_result: ResultCallback | None, list_marked: bool
+    ) -> list[FileResult]:
+        """Every file through the scheduler; the results in the order of `files`."""
+        by_path: dict[str, FileResult] = {}
+
+        def handle(result: FileResult) -> None:
+            if result.status == STATUS_MARKED and not list_marked:
+                return  # marked since the listing: directory runs do not list it
+            by_path[result.path] = result
+            self.record(result)
+            if on_result is not None:
+                on_result(result)
+
+        pool = self.pool()
+        scheduler = Scheduler(pool, self.stop, handle)
+        try:
+            for i, path in enumerate(files):
+                scheduler.add(str(path), i)
+            scheduler.run()
+        finally:
+            scheduler.close()
+            pool.close()
+        return [by_path[str(p)] for p in files if str(p) in by_path]
+
+    def dry_run(self, files: Sequence[Path], on_result: ResultCallback | None) -> list[FileResult]:
+        results = [FileResult(str(p), STATUS_WOULD_SLIM) for p in files]
+        for r in results:
+            if on_result is not None:
+                on_result(r)
+        return results
+
+    def record(self, result: FileResult) -> None:
+        if self.metrics is not None:
+            self.metrics.record(result)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.metrics is not None:
+            self.metrics.write()
+
+
+@contextmanager
+def _session(
+    options: Options, on_notice: Callable[[str], None] | None = None
+) -> Iterator[_Session]:
+    session = _Session(options, on_notice)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def slim_files(
+    paths: Iterable[str | os.PathLike[str]],
+    options: Options | None = None,
+    *,
+    on_result: ResultCallback | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> list[FileResult]:
+    """Slim each file in place, as `pcap-slim --single` does: a marked file is reported as
+    `skipped_marker`; with `dry_run`, the files a run would take are reported `would_slim`.
+    `on_result` hears of each file as it finishes; the results come back in the given order."""
+    from .eligibility import unmarked
+
+    options = options or Options()
+    if options.age_minutes:
+        raise UsageError("--age-minutes applies to --dir only")
+    if options.recursive:
+        raise UsageError("--recursive applies to --dir only")
+    files = [Path(p) for p in paths]
+    with _session(options, on_notice) as session:
+        if options.dry_run:
+            return session.dry_run([f for f in files if unmarked(f)], on_result)
+        return session.run(files, on_result, list_marked=True)
+
+
+def slim_dir(
+    directory: str | os.PathLike[str],
+    options: Options | None = None,
+    *,
+    on_result: ResultCallback | None = None,
+    on_listed: Callable[[list[Path]], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+) -> list[FileResult]:
+    """Slim every eligible capture of a directory in place, as `pcap-slim --dir` does (SPEC §5,
+    pcapslim.eligibility): stale tmp files are cleaned first (not with dry_run or check_only),
+    files are taken oldest first, marked ones are not listed. `on_listed` sees the files before
+    the first is taken, `on_result` each file as it finishes; the results come back oldest
+    first. DirectoryError when the directory cannot be read."""
+    from .eligibility import clean_stale_tmps, directories, pending_files
+
+    options = options or Options()
+    root = Path(directory)
+    with _session(options, on_notice) as session:
+        try:
+            if not options.dry_run and not options.check_only:
+                for d in directories(root, options.recursive):
+                    clean_stale_tmps(d)
+            files = pending_files(root, options.age_minutes, recursive=options.recursive)
+        except OSError as e:
+            raise DirectoryError(f"{root}: cannot read the directory: {e.strerror or e}") from None
+        if on_listed is not None:
+            on_listed(files)
+        if options.dry_run:
+            return session.dry_run(files, on_result)
+        return session.run(files, on_result, list_marked=False)
+
+
+def watch_dir(
+    directory: str | os.PathLike[str],
+    options: Options | None = None,
+    *,
+    on_result: ResultCallback | None = None,
+    on_notice: Callable[[str], None] | None = None,
+    notifier: Notifier | None = None,
+) -> list[FileResult]:
+    """Slim each capture of a directory as soon as it is eligible, until the options' stop is
+    requested (pcapslim.watch); `on_result` hears of each file as it finishes. DirectoryError
+    when the directory cannot be watched (or goes away)."""
+    from .errors import require_extra
+    from .watch import Watcher
+
+    options = options or Options()
+    if options.recursive or options.scheduler:
+        raise UsageError(
+            "--watch watches one directory here; it excludes --recursive and --scheduler"
+        )
+    if options.dry_run or options.check_only:
+        raise UsageError("--watch slims files; it excludes --dry-run and --check-only")
+    require_extra("inotify_simple", "sensor", "--watch")
+    root = Path(directory)
+    with _session(options, on_notice) as session:
+
+        def report(result: FileResult) -> None:
+            session.record(result)
+            if on_result is not None:
+                on_result(result)
+
+        if session.metrics is not None:
+            session.metrics.set_watching(True)
+        watcher = Watcher(root, options, report, notifier)
+        pool = session.pool()
+        scheduler = Scheduler(pool, session.stop, watcher.finished)
+        try:
+            watcher.run(scheduler)
+        except OSError as e:
+            raise DirectoryError(f"{root}: cannot watch the directory: {e.strerror or e}") from None
+        finally:
+            scheduler.close()
+            pool.close()
+            if session.metrics is not None:
+                session.metrics.set_watching(False)
+        return watcher.results

@@ -1,0 +1,274 @@
+"""The run layer: one path from options to results for the library and the command. The library's
+directory run against the command's on twin directories; files that are not captures (FIFOs,
+sockets, device nodes) failing at once; the options object."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support import (
+    PLAIN,
+    SAMPLE,
+    TLS,
+    age,
+    capture,
+    expected_slim,
+    listing,
+    tmps,
+)
+from support.cli import CLI, invoke
+
+import pcapslim
+from pcapslim import report, synth
+from pcapslim.errors import UsageError
+from pcapslim.run import Options, build_job, compress_threads
+from pcapslim.shutdown import Shutdown
+
+
+def _populate(d: Path) -> None:
+    """Captures of every kind a directory run meets: to slim, nothing to cut, not a capture,
+    marked, young, a symlink, a subdirectory, a stale tmp and a fresh one."""
+    d.mkdir()
+    files = {
+        "a.pcap": capture(4, 1),
+        "b.pcapng": synth.pcapng_bytes([synth.Record(TLS), synth.Record(PLAIN)]),
+        "c_plain.pcap": capture(0, 3),
+        "d_bad.pcap": b"not a capture, but named like one......",
+        "e_marked.pcap": capture(2, 2),
+        "f_young.pcap": capture(1, 1),
+        "g_busy.pcap": capture(3, 0),
+        "sample.pcap": SAMPLE.read_bytes(),
+    }
+    for i, (name, data) in enumerate(files.items()):
+        (d / name).write_bytes(data)
+        age(d / name, 3600 - 60 * i)
+    age(d / "f_young.pcap", 10)
+    (d / ".slim_markers").mkdir()
+    (d / ".slim_markers" / "e_marked.pcap").touch()
+    os.symlink(d / "a.pcap", d / "link.pcap")
+    (d / "sub").mkdir()
+    (d / "sub" / "deep.pcap").write_bytes(capture())
+    (d / "x.pcap.tmp").write_bytes(b"a dead worker's")
+    age(d / "x.pcap.tmp", 3600)
+    (d / "g_busy.pcap.tmp").write_bytes(b"another worker's")
+
+
+def _entries(results: list, root: Path) -> list[dict]:  # type: ignore[type-arg]
+    out = []
+    for r in results:
+        e = report.file_entry(r)
+        e.pop("elapsed_ms", None)
+        e["file"] = str(Path(e["file"]).relative_to(root))
+        if "error" in e:
+            e["error"] = e["error"].replace(str(root), "D")
+        out.append(e)
+    return out
+
+
+def _same_files(a: Path, b: Path) -> None:
+    la, lb = listing(a), listing(b)
+    for entries in (la, lb):
+        entries[".slim_markers"] = (entries[".slim_markers"][0], 0, b"")
+        for k in [k for k in entries if os.path.islink(a / k) or os.path.islink(b / k)]:
+            entries[k] = (entries[k][0], 0, b"")  # the symlink's target names its directory
+    assert la == lb
+
+
+@pytest.mark.parametrize(
+    "flags,options",
+    [
+        ((), Options(age_minutes=1)),
+        (("--workers", "2", "--rules", "forensic"), Options(age_minutes=1, workers=2,
+                                                          rules="forensic")),
+        (("--check-only",), Options(age_minutes=1, check_only=True)),
+        (("--no-mmap", "--offset-map"), Options(age_minutes=1, mmap=False, offset_map=True)),
+    ],
+    ids=["defaults", "two-workers-forensic", "check-only", "buffered-offset-map"],
+)  # fmt: skip
+def test_slim_dir_does_what_the_command_does(tmp_path, flags, options):  # type: ignore[no-untyped-def]
+    """The same directory twice: `pcapslim.slim_dir` on one, `pcap-slim --dir` on the other;
+    the same files on disk afterwards and the same results, in the same order."""
+    lib, cmd = tmp_path / "lib", tmp_path / "cmd"
+    _populate(lib)
+    _populate(cmd)
+    heard: list[pcapslim.FileResult] = []
+    listed: list[Path] = []
+    results = pcapslim.slim_dir(lib, options, on_result=heard.append, on_listed=listed.extend)
+    ran = invoke("--dir", cmd, "--age-minutes", "1", *flags, "--output", "json", check_rc=1)
+    doc = ran.json()
+    for e in doc["files"]:
+        e.pop("elapsed_ms", None)
+        e["file"] = str(Path(e["file"]).relative_to(cmd))
+        if "error" in e:
+            e["error"] = e["error"].replace(str(cmd), "D")
+    assert _entries(results, lib) == doc["files"]
+    assert sorted(r.path for r in heard) == sorted(r.path for r in results)
+    assert [p.name for p in listed] == [Path(r.path).name for r in results]
+    assert [Path(r.path).name for r in results] == [
+        "a.pcap", "b.pcapng", "c_plain.pcap", "d_bad.pcap", "g_busy.pcap", "sample.pcap"
+    ]  # fmt: skip
+    _same_files(lib, cmd)
+    if not options.check_only:
+        assert (lib / "a.pcap").read_bytes() == expected_slim(capture(4, 1))
+        assert not (lib / "x.pcap.tmp").exists()  # the stale tmp was cleaned
+    assert (lib / "g_busy.pcap.tmp").exists()
+
+
+def test_slim_dir_dry_run_lists_what_the_command_lists(tmp_path):  # type: ignore[no-untyped-def]
+    lib, cmd = tmp_path / "lib", tmp_path / "cmd"
+    _populate(lib)
+    _populate(cmd)
+    before = listing(lib)
+    results = pcapslim.slim_dir(lib, Options(dry_run=True))
+    lines = invoke("--dir", cmd, "--dry-run", "--output", "json", check_rc=0).json_lines()
+    assert [{"file": str(Path(x["file"]).relative_to(cmd)), "status": x["status"]} for x in lines] \
+        == _entries(results, lib)  # fmt: skip
+    assert {r.status for r in results} == {"would_slim"}
+    assert listing(lib) == before
+
+
+def test_slim_files_reports_a_marked_file(tmp_path):  # type: ignore[no-untyped-def]
+    f = tmp_path / "m.pcap"
+    f.write_bytes(capture())
+    (first,) = pcapslim.slim_files([f])
+    assert first.status == "ok" and f.read_bytes() == expected_slim(capture())
+    (again,) = pcapslim.slim_files([f])
+    assert again.status == "skipped_marker"
+    assert pcapslim.slim_files([f], Options(dry_run=True)) == []
+
+
+# --- not a capture: FIFOs, sockets, device nodes ----------------------------------------------
+
+
+def _special(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(path))
+        s.close()
+    elif kind == "chardev":
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # as /dev/null
+    else:
+        os.mknod(path, stat.S_IFBLK | 0o600, os.makedev(7, 0))  # as /dev/loop0
+    assert not path.is_file()
+
+
+WHAT = {
+    "fifo": "a named pipe (FIFO)",
+    "socket": "a socket",
+    "chardev": "a character device",
+    "blockdev": "a block device",
+}
+
+
+@pytest.mark.parametrize("kind", list(WHAT))
+@pytest.mark.parametrize("mode", ["single", "dir", "check-only"])
+def test_a_special_file_named_like_a_capture_fails_at_once(tmp_path, kind, mode):  # type: ignore[no-untyped-def]
+    """Never opened, never waited on: a clear failure in well under a second, no tmp, nothing
+    else touched (a FIFO opened for reading would block until a writer came)."""
+    x = tmp_path / "x.pcap"
+    _special(x, kind)
+    (tmp_path / "ok.pcap").write_bytes(capture())
+    args = ["--single", x] if mode == "single" else ["--dir", tmp_path]
+    if mode == "check-only":
+        args.append("--check-only")
+    t0 = time.monotonic()
+    doc = invoke(*args, "--output", "json", check_rc=1).json()
+    took = time.monotonic() - t0
+    entry = next(e for e in doc["files"] if e["file"] == str(x))
+    assert entry["status"] == "fail"
+    assert entry["error"] == (
+        f"{x}: {WHAT[kind]}, not a regular file: only capture files are slimmed; nothing was "
+        "changed"
+    )
+    assert tmps(tmp_path) == [] and not (tmp_path / ".slim_markers" / "x.pcap").exists()
+    assert stat.S_IFMT(x.lstat().st_mode) != stat.S_IFREG
+    print(f"{kind} --{mode}: failed in {took * 1000:.0f} ms (the whole run)")
+    assert took < 1.0, took
+
+
+def test_a_fifo_given_to_the_command_never_blocks_it(tmp_path):  # type: ignore[no-untyped-def]
+    """As a real process: the FIFO fails with exit 1 and no tmp (it blocked in open() for ever,
+    and SIGTERM did not end it)."""
+    x = tmp_path / "x.pcap"
+    os.mkfifo(x)
+    p = subprocess.run([*CLI, "--single", str(x)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.startswith(f"FAIL {x}: a named pipe (FIFO), not a regular file")
+    assert sorted(os.listdir(tmp_path)) == ["x.pcap"]
+
+
+def test_the_library_refuses_a_fifo_without_blocking(tmp_path):  # type: ignore[no-untyped-def]
+    x = tmp_path / "x.pcap"
+    os.mkfifo(x)
+    with pytest.raises(pcapslim.PcapslimError, match="a named pipe"):
+        pcapslim.analyze_file(x)
+    with pytest.raises(pcapslim.PcapslimError, match="a named pipe"):
+        pcapslim.slim_file(x, tmp_path / "out.pcap")
+    assert not (tmp_path / "out.pcap").exists()
+
+
+# --- the options ------------------------------------------------------------------------------
+
+
+def test_options_travel_without_what_is_local_to_their_process():  # type: ignore[no-untyped-def]
+    stop = Shutdown()
+    o = Options(rules="forensic", max_io_mbps=3.5, on_progress=print, stop=stop)
+    back = pickle.loads(pickle.dumps(o))
+    assert back == o and hash(back) == hash(o)
+    assert back.on_progress is None and back.stop is None
+    assert o.stop is stop
+    assert o.for_workers() == o and o.for_workers().stop is None
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"rules": "strict"}, "rules must be one of compatible, forensic"),
+        ({"workers": 0}, "workers must be 1..256"),
+        ({"max_cpu_percent": 101}, "max-cpu-percent must be 1..100"),
+        ({"max_io_mbps": 0}, "max-io-mbps must be >= 0.001"),
+        ({"dry_run": True, "check_only": True}, "--dry-run and --check-only exclude each other"),
+        ({"offset_map": True, "check_only": True}, "--offset-map is written when files are"),
+    ],
+)
+def test_options_out_of_range_are_usage_errors(kw, message):  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match=message) as e:
+        Options(**kw)
+    assert e.value.exit_code == 2
+
+
+def test_the_job_follows_the_options():  # type: ignore[no-untyped-def]
+    stop = Shutdown()
+    job = build_job(Options(workers=4, max_io_mbps=2, stop=stop))
+    assert not job.use_mmap  # more than two files at once: buffered reads
+    assert job.io is not None and job.io.sleep == stop.sleep and job.shutdown is stop
+    assert job.compress_threads == compress_threads(False, 4)
+    assert build_job(Options(workers=2)).use_mmap
+    assert build_job(Options(workers=4, mmap=True)).use_mmap
+    assert build_job(Options(max_cpu_percent=50)).compress_threads == 0
+    cores = os.cpu_count() or 1
+    assert compress_threads(False, 1) == max(0, cores - 1)
+
+
+def test_reports_metrics_and_the_run_layer_load_without_the_engine():  # type: ignore[no-untyped-def]
+    """The modules that format results, and the run layer the command imports at start-up,
+    import neither the engine nor NumPy."""
+    code = (
+        "import sys\n"
+        "import pcapslim.report, pcapslim.metrics, pcapslim.results, pcapslim.run\n"
+        "import pcapslim.eligibility, pcapslim.markers, pcapslim.cli\n"
+        "print(sorted(m for m in ('numpy', 'numba', 'pcapslim.engine', 'pcapslim.coordinator')"
+        " if m in sys.modules))"
+    )
+    p = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
