@@ -69,13 +69,16 @@ def main() -> int:
         for _ in range(a.repeat):
             for kind in ("local", "cluster"):
                 _fresh(sources, work)
+                # both in the cluster's network namespace, where its address is reached
                 extra = ["--workers", "2"] if kind == "local" else ["--scheduler", cluster.address]
-                wall, doc = _run([*cli, "--dir", str(work), *extra])
+                wall, doc = _run(cluster.argv(*cli, "--dir", str(work), *extra))
                 assert doc["summary"]["ok"] == a.files, doc["summary"]
                 times[kind].append(wall)
                 workers_seen |= {e.get("worker", "") for e in doc["files"]} - {""}
                 # the same command on an empty directory: what a run costs before any file
-                times[f"{kind}-empty"].append(_run([*cli, "--dir", str(empty), *extra])[0])
+                times[f"{kind}-empty"].append(
+                    _run(cluster.argv(*cli, "--dir", str(empty), *extra))[0]
+                )
     finally:
         cluster.close()
         shutil.rmtree(base, ignore_errors=True)

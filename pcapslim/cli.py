@@ -14,8 +14,9 @@ import os
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -68,6 +69,7 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def slim(
+    ctx: typer.Context,
     dir: Annotated[
         Path | None,
         typer.Option(
@@ -197,30 +199,7 @@ def slim(
         raise typer.BadParameter("--watch applies to --dir only")
     if single is not None and (recursive or scheduler):
         raise typer.BadParameter("--recursive and --scheduler apply to --dir only")
-    from .shutdown import Shutdown
-
-    try:
-        options = Options(
-            rules=rules.value,
-            check_only=check_only,
-            dry_run=dry_run,
-            workers=workers,
-            age_minutes=age_minutes,
-            recursive=recursive,
-            mmap=True if mmap else False if no_mmap else None,
-            max_io_mbps=max_io_mbps,
-            max_cpu_percent=max_cpu_percent,
-            cpu_backoff_above=cpu_backoff_above,
-            cpu_backoff_strength=cpu_backoff_strength,
-            compress_level=compress_level,
-            offset_map=offset_map,
-            scheduler=scheduler,
-            rescan_seconds=rescan_seconds,
-            metrics_file=str(metrics_file) if metrics_file is not None else None,
-            stop=Shutdown(),
-        )
-    except UsageError as e:
-        raise typer.BadParameter(str(e)) from None
+    options = _options(ctx.params)
     as_json = output is Output.json
     if progress is None:
         progress = sys.stderr.isatty() and not as_json
@@ -240,6 +219,24 @@ def slim(
         sys.stderr.flush()
         os._exit(code)
     raise typer.Exit(code)
+
+
+def _options(flags: dict[str, Any]) -> Options:
+    """The run's options: each flag named like a field of Options is that field; the pair
+    --mmap/--no-mmap is one; the stop is the command's own."""
+    from .shutdown import Shutdown
+
+    given = {f.name: flags[f.name] for f in fields(Options) if f.name in flags}
+    given.update(
+        rules=str(flags["rules"]),
+        mmap=True if flags["mmap"] else False if flags["no_mmap"] else None,
+        metrics_file=str(flags["metrics_file"]) if flags["metrics_file"] is not None else None,
+        stop=Shutdown(),
+    )
+    try:
+        return Options(**given)
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 def _err(line: str) -> None:

@@ -53,6 +53,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
 }
 
 ResultCallback = Callable[[FileResult], None]
+_LOCAL_FIELDS = ("on_progress", "stop")  # options that stay in the process that made them
 FileProgress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
 
 
@@ -97,17 +98,13 @@ class Options:
                 "--offset-map is written when files are slimmed, not with --dry-run or --check-only"
             )
 
-    @property
-    def local_fields(self) -> tuple[str, ...]:
-        return ("on_progress", "stop")
-
     def for_workers(self) -> Options:
         """The options as a cluster's workers get them: without what is local to this one."""
         return replace(self, on_progress=None, stop=None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in self.local_fields:
+        for name in _LOCAL_FIELDS:
             state[name] = None
         return state
 
@@ -256,6 +253,10 @@ class Scheduler:
         self._finished: deque[Future[FileResult | None]] = deque()
         self._told = 0  # what the pool was told: 1 stopping, 2 abandoning
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # a late poke (a file left behind finishing) never writes to a descriptor reused since;
+        # reentrant: a signal's handler pokes from the thread that may be closing
+        self._wake_lock = threading.RLock()
+        self._closed = False
         stop.add_listener(self._poke)
 
     # what it holds
@@ -330,8 +331,10 @@ class Scheduler:
 
     def close(self) -> None:
         self.stop.remove_listener(self._poke)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     @contextmanager
     def signal_wakeups(self) -> Iterator[None]:
@@ -367,10 +370,13 @@ class Scheduler:
         self._poke()
 
     def _poke(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # wake-ups pending already, or closed
+        with self._wake_lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # wake-ups pending already
 
     def _collect(self) -> None:
         while self._finished:
@@ -587,8 +593,6 @@ def watch_dir(
         scheduler = Scheduler(pool, session.stop, watcher.finished)
         try:
             watcher.run(scheduler)
-        except OSError as e:
-            raise DirectoryError(f"{root}: cannot watch the directory: {e.strerror or e}") from None
         finally:
             scheduler.close()
             pool.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .eligibility import clean_stale_tmps, is_capture_name, select
+from .errors import DirectoryError
 from .results import STATUS_FAIL, STATUS_MARKED, FileResult, counts
 from .sdnotify import Notifier
 
@@ -65,7 +66,7 @@ class Watcher:
 
     def run(self, scheduler: Scheduler) -> None:
         """Watch until the scheduler's stop is requested, handing it each eligible file;
-        raises OSError when the directory cannot be watched (or goes away)."""
+        raises DirectoryError when the directory cannot be watched (or goes away)."""
         from inotify_simple import INotify
         from inotify_simple import flags as f
 
@@ -74,11 +75,13 @@ class Watcher:
         inotify = INotify()
         try:
             with scheduler.signal_wakeups():
-                inotify.add_watch(
-                    self.directory,
-                    f.CLOSE_WRITE | f.MOVED_TO | f.ATTRIB | f.DELETE_SELF | f.MOVE_SELF,
-                )
-                clean_stale_tmps(self.directory)
+                try:
+                    inotify.add_watch(
+                        self.directory,
+                        f.CLOSE_WRITE | f.MOVED_TO | f.ATTRIB | f.DELETE_SELF | f.MOVE_SELF,
+                    )
+                except OSError as e:
+                    raise self._cannot_watch(e) from None
                 self._rescan()
                 self.notifier.ready(self.status())
                 next_rescan = time.monotonic() + self.rescan_seconds
@@ -86,7 +89,6 @@ class Watcher:
                 while not stop.requested:
                     now = time.monotonic()
                     if now >= next_rescan:
-                        clean_stale_tmps(self.directory)
                         self._rescan()
                         next_rescan = now + self.rescan_seconds
                     self._come_of_age(now)
@@ -115,15 +117,23 @@ class Watcher:
             if ev.mask & f.Q_OVERFLOW:
                 self._rescan()
             elif ev.mask & (f.DELETE_SELF | f.MOVE_SELF | f.IGNORED):
-                raise FileNotFoundError(
-                    f"{self.directory}: the watched directory was removed or moved away"
+                raise DirectoryError(
+                    f"{self.directory}: cannot watch the directory: it was removed or moved away"
                 )
             elif ev.name:
                 self._candidates.add(ev.name)
 
     def _rescan(self) -> None:
-        with os.scandir(self.directory) as it:
-            self._candidates.update(e.name for e in it if is_capture_name(e.name))
+        """The tmp files of dead slimmers cleaned, every capture of the directory a candidate."""
+        try:
+            clean_stale_tmps(self.directory)
+            with os.scandir(self.directory) as it:
+                self._candidates.update(e.name for e in it if is_capture_name(e.name))
+        except OSError as e:
+            raise self._cannot_watch(e) from None
+
+    def _cannot_watch(self, e: OSError) -> DirectoryError:
+        return DirectoryError(f"{self.directory}: cannot watch the directory: {e.strerror or e}")
 
     def _come_of_age(self, now: float) -> None:
         for name, due in list(self._due.items()):

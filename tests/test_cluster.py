@@ -3,8 +3,10 @@ command run against it as a subprocess; the tmp lock that lets a retry take over
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -50,8 +52,10 @@ def _populate(d: Path, files: dict[str, bytes]) -> None:
         (d / name).write_bytes(data)
 
 
-def _run(*args: object, timeout: float = 600) -> tuple[int, dict, str]:  # type: ignore[type-arg]
-    p = subprocess.run([*CLI, *map(str, args), "--output", "json"], capture_output=True,
+def _run(*args: object, on: Cluster | None = None, timeout: float = 600) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+    """The command with a JSON report; `on` a cluster: run where its address is reached."""
+    argv = [*CLI, *map(str, args), "--output", "json"]
+    p = subprocess.run(on.argv(*argv) if on else argv, capture_output=True,
                        text=True, timeout=timeout)  # fmt: skip
     return p.returncode, json.loads(p.stdout) if p.stdout.strip() else {}, p.stderr
 
@@ -67,7 +71,7 @@ def test_forty_files_on_the_cluster_equal_a_local_run(tmp_path, cluster):  # typ
     remote, local = tmp_path / "remote", tmp_path / "local"
     _populate(remote, files)
     _populate(local, files)
-    rc, doc, err = _run("--dir", remote, "--recursive", "--scheduler", cluster.address)
+    rc, doc, err = _run("--dir", remote, "--recursive", "--scheduler", cluster.address, on=cluster)
     assert rc == 0, err
     rc_local, doc_local, err_local = _run("--dir", local, "--recursive", "--workers", "2")
     assert rc_local == 0, err_local
@@ -92,13 +96,13 @@ def test_forty_files_on_the_cluster_equal_a_local_run(tmp_path, cluster):  # typ
     again = tmp_path / "again"
     _populate(again, dict(list(files.items())[:6]))
     rc, check, _ = _run("--dir", again, "--recursive", "--scheduler", cluster.address,
-                        "--check-only")  # fmt: skip
+                        "--check-only", on=cluster)  # fmt: skip
     assert rc == 0 and check["summary"]["ok"] == 6 and check["summary"]["check_only"] is True
     assert all(e["worker"] for e in check["files"])
     for name, data in list(files.items())[:6]:
         assert (again / name).read_bytes() == data and not co.marker_path(again / name).exists()
-    dry = subprocess.run([*CLI, "--dir", str(again), "--recursive", "--scheduler",
-                          cluster.address, "--dry-run", "--output", "json"],
+    dry = subprocess.run(cluster.argv(*CLI, "--dir", str(again), "--recursive", "--scheduler",
+                                      cluster.address, "--dry-run", "--output", "json"),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert len(dry.stdout.splitlines()) == 6
 
@@ -127,7 +131,7 @@ def test_a_worker_that_cannot_see_the_files_fails_them_by_name(tmp_path):  # typ
              f'mount -t tmpfs tmpfs {archive} && exec "$0" "$@"']  # fmt: skip
     c = Cluster(tmp_path / "blind", workers=1, wrap=blind)
     try:
-        rc, doc, err = _run("--dir", archive, "--scheduler", c.address)
+        rc, doc, err = _run("--dir", archive, "--scheduler", c.address, on=c)
     finally:
         c.close()
     assert rc == 1, err
@@ -152,8 +156,8 @@ def test_a_worker_killed_mid_file_is_replaced_and_every_file_is_slimmed_once(tmp
         shutil.copyfile(src, archive / f"f{i}.pcap")
     c = Cluster(tmp_path / "cluster")
     try:
-        p = subprocess.Popen([*CLI, "--dir", str(archive), "--scheduler", c.address,
-                              "--max-io-mbps", "15", "--output", "json"],
+        p = subprocess.Popen(c.argv(*CLI, "--dir", str(archive), "--scheduler", c.address,
+                                    "--max-io-mbps", "15", "--output", "json"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
         victim = None
         deadline = time.monotonic() + 60
@@ -255,6 +259,15 @@ JOB_AS_SEEN = """{
         t.sleep == job.shutdown.sleep for t in (job.io, job.cpu) if t is not None
     ),
 }"""
+ASK_A_WORKER = """
+import base64, pickle, sys
+from distributed import Client
+options = pickle.loads(base64.b64decode(sys.argv[2]))
+with Client(sys.argv[1], set_as_default=False) as client:
+    task = client.submit(eval, sys.argv[3], {"options": options}, pure=False)
+    answer = (client.nthreads(), task.result(timeout=60))
+sys.stdout.write(base64.b64encode(pickle.dumps(answer)).decode())
+"""
 ON_WORKER = (
     f"(lambda job: {JOB_AS_SEEN})"
     "(__import__('pcapslim.cluster').cluster.worker_job(options, 'same-job', 1))"
@@ -274,12 +287,14 @@ def test_a_worker_builds_its_job_as_a_local_run_does(cluster, options):  # type:
     """The job a Dask worker runs comes from `run.build_job`, from the same options as a local
     run with the worker's threads as its concurrency: the same throttles, reads, compression
     threads rule and stop (a RunStop is a Shutdown with its grace, following the client)."""
-    from distributed import Client
-
-    with Client(cluster.address, set_as_default=False) as client:
-        assert set(client.nthreads().values()) == {1}
-        task = client.submit(eval, ON_WORKER, {"options": options.for_workers()}, pure=False)
-        remote = task.result(timeout=60)
+    client = subprocess.run(
+        cluster.argv(sys.executable, "-c", ASK_A_WORKER, cluster.address,
+                     base64.b64encode(pickle.dumps(options.for_workers())).decode(), ON_WORKER),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr
+    threads, remote = pickle.loads(base64.b64decode(client.stdout))
+    assert set(threads.values()) == {1}
     local = eval(f"(lambda job: {JOB_AS_SEEN})(job)", {"job": build_job(options, concurrency=1)})
     assert remote == local
     print("job on a worker:", remote)
@@ -299,8 +314,8 @@ def test_sigterm_stops_a_cluster_run_as_it_stops_a_local_one(tmp_path, cluster):
     files in progress are abandoned on the workers after the grace (their originals untouched,
     no tmp left, reported `abandoned`), and the command exits 0 within ten seconds."""
     archive, data = _slow_archive(tmp_path)
-    p = subprocess.Popen([*CLI, "--dir", str(archive), "--scheduler", cluster.address,
-                          "--max-io-mbps", "1", "--output", "json"],
+    p = subprocess.Popen(cluster.argv(*CLI, "--dir", str(archive), "--scheduler", cluster.address,
+                                      "--max-io-mbps", "1", "--output", "json"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert wait_for(lambda: len(list(archive.glob("*.tmp"))) == 2, 60), "never started"
