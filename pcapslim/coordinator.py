@@ -262,6 +262,7 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             stats.out_bytes = stats.in_bytes
             trailing.abandon()
             trailing = None
+            _not_abandoned(job, name)
             _check_unchanged(path, before)
             os.unlink(tmp)
             tmp_gone = True
@@ -270,10 +271,11 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             os.close(src_fd)
             src_fd = -1
         else:
-            check = trailing.result()
-            trailing = None
+            verifying, trailing = trailing, None
+            check = verifying.result()
             _verify(path, check, stats, os.fstat(tmp_fd).st_size)
             _carry_over(tmp_fd, before)
+            _not_abandoned(job, name)
             _check_unchanged(path, before)
             if offsets is not None:
                 offsets.commit()
@@ -349,7 +351,7 @@ class _Trailing:
         )
 
     def result(self) -> SlimStats:
-        """The writer is done: what the re-read found."""
+        """The writer is done: what the re-read found (its error, raised here)."""
         self.growing.done()
         self._thread.join()
         try:
@@ -360,12 +362,26 @@ class _Trailing:
             assert self._result is not None
             return self._result
         finally:
-            os.close(self._fd)
+            self._close()
 
     def abandon(self) -> None:
+        """No result is wanted; the re-read ends. Safe after `result`, and twice."""
         self.growing.done()
         self._thread.join()
-        os.close(self._fd)
+        self._close()
+
+    def _close(self) -> None:
+        # closed once: a second close could hit a descriptor another thread opened since
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+def _not_abandoned(job: Job, name: str) -> None:
+    """Nothing is committed once the file was to be abandoned (its run may have stopped waiting
+    for it and reported it so)."""
+    if job.shutdown is not None:
+        job.shutdown.check(name)
 
 
 def _verify(path: Path, check: SlimStats, stats: SlimStats, size_now: int) -> None:

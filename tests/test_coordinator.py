@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -117,3 +118,25 @@ def test_something_planted_at_the_marker_fails_the_file(tmp_path, planted):  # t
     assert r.status == co.STATUS_FAIL and "not a regular file" in (r.error or "")
     assert f.read_bytes() == _capture()
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_re_read_that_fails_removes_the_tmp_and_says_why(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The verification re-read itself fails (an I/O error on the tmp): the tmp is removed, the
+    original kept, and the error is the re-read's. (Its descriptor was closed a second time on
+    the way out: the file failed with "Bad file descriptor", its tmp left behind, and the
+    second close could have closed a descriptor another worker had opened meanwhile.)"""
+    f = tmp_path / "e.pcap"
+    data = _capture()
+    f.write_bytes(data)
+    real_process = co.process
+
+    def failing_re_read(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
+        if not kw.get("decide", True):
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_process(path, fd, sink, **kw)
+
+    monkeypatch.setattr(co, "process", failing_re_read)
+    r = co.slim_in_place(f, co.Job())
+    assert r.status == co.STATUS_FAIL
+    assert "Input/output error" in (r.error or "") and "Bad file descriptor" not in (r.error or "")
+    assert f.read_bytes() == data and _leftovers(tmp_path) == []

@@ -9,6 +9,7 @@ import pickle
 import socket
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from support import (
     expected_slim,
     listing,
     tmps,
+    wait_for,
 )
 from support.cli import CLI, invoke
 
@@ -272,3 +274,42 @@ def test_reports_metrics_and_the_run_layer_load_without_the_engine():  # type: i
     p = subprocess.run([CLI[0], "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_a_run_stopped_while_a_worker_is_blocked_gives_it_up(tmp_path):  # type: ignore[no-untyped-def]
+    """A worker blocked in a system call that does not return (here: its progress callback
+    reading a pipe nobody writes) cannot be abandoned at its next window. Stopped, the run
+    waits for it until STRAND_SECONDS after the grace, reports it abandoned, and returns; the
+    original is untouched. Once the call returns, the file is abandoned at its next window:
+    its tmp goes."""
+    from pcapslim.shutdown import STRAND_SECONDS
+
+    f = tmp_path / "blocked.pcap"
+    data = capture(3000, 100)
+    f.write_bytes(data)
+    r, w = os.pipe()
+    entered = threading.Event()
+
+    def progress(path: str, done: int, total: int) -> None:
+        entered.set()
+        os.read(r, 1)  # blocks until the test writes or closes its end
+
+    stop = Shutdown(grace=0.5)
+    options = Options(on_progress=progress, stop=stop, max_io_mbps=1)
+    threading.Timer(0.5, stop.request, args=("SIGTERM",)).start()
+    t0 = time.monotonic()
+    results = pcapslim.slim_files([f], options)
+    took = time.monotonic() - t0
+    try:
+        assert entered.is_set()
+        (result,) = results
+        assert result.status == "abandoned", result
+        assert "still blocked" in (result.error or "") and "(SIGTERM)" in (result.error or "")
+        assert stop.stranded == 1
+        assert took < 0.5 + 0.5 + STRAND_SECONDS + 1.0, took
+        assert f.read_bytes() == data and not (tmp_path / ".slim_markers").exists()
+    finally:
+        os.close(w)  # the blocked call returns; the file is abandoned at its next window
+    assert wait_for(lambda: not tmps(tmp_path), 10)
+    assert f.read_bytes() == data
+    os.close(r)
