@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from .errors import PcapslimError
+from .errors import OffsetMapError
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -78,13 +78,13 @@ def load(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], npt.NDArr
     with open(path, "rb") as fh:
         data = fh.read()
     if not data.startswith(HEADER):
-        raise PcapslimError(f"{os.fspath(path)}: not a pcapslim offset map (version {VERSION})")
+        raise OffsetMapError(f"{os.fspath(path)}: not a pcapslim offset map (version {VERSION})")
     try:
         raw = zlib.decompress(data[len(HEADER) :])
     except zlib.error as e:
-        raise PcapslimError(f"{os.fspath(path)}: the offset map is damaged ({e})") from None
+        raise OffsetMapError(f"{os.fspath(path)}: the offset map is damaged ({e})") from None
     if len(raw) % 16:
-        raise PcapslimError(f"{os.fspath(path)}: the offset map is cut short")
+        raise OffsetMapError(f"{os.fspath(path)}: the offset map is cut short")
     points = np.cumsum(np.frombuffer(raw, dtype="<i8").reshape(-1, 2), axis=0)
     return points[:, 0].astype(np.int64), points[:, 1].astype(np.int64)
 

@@ -26,13 +26,15 @@ print(pcapslim.analyze_file(sys.argv[1]).out_bytes)
 def test_an_edit_outside_a_kernels_own_file_recompiles_it(tmp_path):  # type: ignore[no-untyped-def]
     """index_pcap lives in kernels/index.py and takes the number of payload bytes a cut keeps
     from constants.py. numba alone stamps the cache with index.py only, so after an edit of
-    constants.py it would keep running the old machine code."""
+    constants.py it would keep running the old machine code. The cache is kept where
+    NUMBA_CACHE_DIR says (else in the user's cache directory), never in the package's tree."""
     root = tmp_path / "copy"
     shutil.copytree(PACKAGE, root / "pcapslim", ignore=shutil.ignore_patterns("__pycache__"))
     cap = tmp_path / "one_tls.pcap"
     cap.write_bytes(synth.pcap_bytes([synth.Record(TLS, ts=1)]))
-    env = dict(os.environ, PYTHONPATH=str(root), PCAPSLIM_KERNELS="jit")
-    env.pop("NUMBA_CACHE_DIR", None)
+    cache = tmp_path / "numba-cache"
+    env = dict(os.environ, PYTHONPATH=str(root), PCAPSLIM_KERNELS="jit",
+               NUMBA_CACHE_DIR=str(cache))  # fmt: skip
 
     def out_bytes() -> int:
         p = subprocess.run(
@@ -47,7 +49,8 @@ def test_an_edit_outside_a_kernels_own_file_recompiles_it(tmp_path):  # type: ig
         return int(p.stdout)
 
     before = out_bytes()
-    assert list((root / "pcapslim" / "kernels" / "__pycache__").glob("index.index_pcap*.nbi"))
+    assert list(cache.rglob("index.index_pcap*.nbi"))  # cached, and not beside the sources
+    assert not list((root / "pcapslim").rglob("*.nb[ic]"))
     constants = root / "pcapslim" / "constants.py"
     text = constants.read_text()
     assert "KEEP_BYTES = 24 " in text

@@ -6,6 +6,11 @@ kernels took a third of the forensic pass and a quarter of the default one.
 numba checks a cached function against its own source file only, yet a kernel compiles in the
 helpers and constants it uses from the other files: an edit there would leave it stale. The
 cache locators installed here stamp every kernel with a digest of all those files together.
+
+The cache lives in NUMBA_CACHE_DIR when it is set, else in the user's cache directory
+(~/.cache/numba), never beside the sources: an installed package's tree is not a run's to
+write, and a cache left there outlives the package (pip does not know it, and a later editable
+install of the same package would find that directory in the way).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ def _install_locators() -> None:
     if impl is None or any(getattr(c, "pcapslim", False) for c in impl._locator_classes):
         return
     covering = []
-    for name in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator"):
+    for name in ("UserProvidedCacheLocator", "UserWideCacheLocator"):
         base = getattr(caching, name, None) or getattr(caching, "_" + name, None)
         if base is None:
             return  # an unknown numba layout: keep its own locators
