@@ -14,7 +14,6 @@ import os
 import sys
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,7 +21,7 @@ import typer
 
 from . import __version__
 from .errors import EXIT_FAIL, EXIT_OK, DirectoryError, PcapslimError, UsageError
-from .run import LIMITS, Options
+from .limits import LIMITS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from .results import FileResult
+    from .run import Options
 
 
 class Output(enum.StrEnum):
@@ -224,6 +224,9 @@ def slim(
 def _options(flags: dict[str, Any]) -> Options:
     """The run's options: each flag named like a field of Options is that field; the pair
     --mmap/--no-mmap is one; the stop is the command's own."""
+    from dataclasses import fields
+
+    from .run import Options
     from .shutdown import Shutdown
 
     given = {f.name: flags[f.name] for f in fields(Options) if f.name in flags}

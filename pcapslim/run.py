@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DirectoryError, UsageError
+from .limits import LIMITS, MMAP_MAX_WORKERS, RULES
 from .results import STATUS_ABANDONED, STATUS_FAIL, STATUS_MARKED, STATUS_WOULD_SLIM, FileResult
 from .shutdown import STRAND_SECONDS, Shutdown, signals_to_main
 
@@ -37,20 +38,6 @@ if TYPE_CHECKING:
     from .coordinator import Job
     from .metrics import Metrics
     from .sdnotify import Notifier
-
-RULES = ("compatible", "forensic")
-MMAP_MAX_WORKERS = 2  # default reads: mapped with up to this many workers, buffered above
-# the ranges of the numeric options: (lowest, highest), None where unbounded
-LIMITS: dict[str, tuple[float | None, float | None]] = {
-    "workers": (1, 256),
-    "age_minutes": (0, None),
-    "max_io_mbps": (0.001, None),
-    "max_cpu_percent": (1, 100),
-    "cpu_backoff_above": (0, 100),
-    "cpu_backoff_strength": (0.0, 1.0),
-    "compress_level": (1, 19),
-    "rescan_seconds": (1, None),
-}
 
 ResultCallback = Callable[[FileResult], None]
 _LOCAL_FIELDS = ("on_progress", "stop")  # options that stay in the process that made them
