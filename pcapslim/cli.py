@@ -254,6 +254,7 @@ class _Front:
         self.options = options
         self.as_json = as_json
         self.show_progress = show_progress
+        self.directory = False  # a directory run: files marked meanwhile are not listed
         self.t0 = time.perf_counter()
         self.bars: _Bars | None = None
         self.lines: _Lines | None = None
@@ -265,10 +266,12 @@ class _Front:
         """--dir and --single: a line per file (in the order of the listing, or as the files
         finish on a cluster), then the summary or the JSON report."""
         from . import report, run
+        from .shutdown import EXIT_SECONDS
 
         o = self.options
         assert o.stop is not None
-        with o.stop.installed():
+        self.directory = directory
+        with o.stop.installed(exit_seconds=EXIT_SECONDS):
             try:
                 if directory:
                     results = run.slim_dir(
@@ -309,6 +312,7 @@ class _Front:
         """--watch: a line (or JSON object) per file as each finishes, a summary at the end."""
         from . import report, run
         from .sdnotify import Notifier
+        from .shutdown import EXIT_SECONDS
 
         o = self.options
         assert o.stop is not None
@@ -323,7 +327,7 @@ class _Front:
 
         notifier = Notifier()
         code = EXIT_OK
-        with o.stop.installed():
+        with o.stop.installed(exit_seconds=EXIT_SECONDS):
             try:
                 run.watch_dir(directory, o, on_result=on_result, on_notice=_err, notifier=notifier)
             except DirectoryError as e:
@@ -355,13 +359,14 @@ class _Front:
         """The files of the run, before the first is taken: the order of the human lines (a
         cluster's come as they finish) and the size of the overall bar."""
         if not self.as_json and self.options.scheduler is None and not self.options.dry_run:
-            self.lines = _Lines([str(p) for p in files], self._print)
+            self.lines = _Lines([str(p) for p in files], self._print, listed=self.directory)
         if self.bars is not None:
             self.bars.start(files)
 
     def _result(self, r: FileResult) -> None:
         """A file finished: its line (human), or, in a dry run, its JSON line."""
         from . import report
+        from .results import STATUS_MARKED
 
         if self.bars is not None:
             self.bars.finish(r.path)
@@ -370,7 +375,7 @@ class _Front:
                 print(report.json_line(report.file_entry(r)))
         elif self.lines is not None:
             self.lines.add(r)
-        else:
+        elif not (self.directory and r.status == STATUS_MARKED):  # not listed in --dir runs
             self._print(report.human_line(r))
 
     def _print(self, line: str) -> None:
@@ -401,31 +406,36 @@ def _exit_code(results: list[FileResult]) -> int:
 
 class _Lines:
     """Human lines in the order of the listing, each printed once every file before it has
-    been; `flush` prints the rest (files a stopped run never took have none)."""
+    been heard of; `flush` prints the rest (files a stopped run never took have none). In a
+    directory run (`listed`), a file marked since the listing is heard of but has no line."""
 
-    def __init__(self, paths: list[str], emit: Callable[[str], None]) -> None:
+    def __init__(self, paths: list[str], emit: Callable[[str], None], listed: bool) -> None:
         self._index = {p: i for i, p in enumerate(paths)}
-        self._lines: list[str | None] = [None] * len(paths)
+        self._lines: list[str | None] = [None] * len(paths)  # "" heard of, with no line
         self._next = 0
         self._emit = emit
+        self._listed = listed
 
     def add(self, r: FileResult) -> None:
         from . import report
+        from .results import STATUS_MARKED
 
+        quiet = self._listed and r.status == STATUS_MARKED
         i = self._index.get(r.path)
         if i is None:
-            self._emit(report.human_line(r))
+            if not quiet:
+                self._emit(report.human_line(r))
             return
-        self._lines[i] = report.human_line(r)
+        self._lines[i] = "" if quiet else report.human_line(r)
         while self._next < len(self._lines) and self._lines[self._next] is not None:
             line = self._lines[self._next]
-            assert line is not None
-            self._emit(line)
+            if line:
+                self._emit(line)
             self._next += 1
 
     def flush(self) -> None:
         for line in self._lines[self._next :]:
-            if line is not None:
+            if line:
                 self._emit(line)
         self._next = len(self._lines)
 
@@ -460,13 +470,16 @@ class _Bars:
         self.total: TaskID | None = None
 
     def start(self, files: list[Path]) -> None:
+        from .shutdown import signals_to_main
+
         for p in files:
             try:
                 self.sizes[str(p)] = os.stat(p).st_size
             except OSError:
                 self.sizes[str(p)] = 0
         self.total = self.progress.add_task("all files", total=sum(self.sizes.values()) or 1)
-        self.progress.start()
+        with signals_to_main():  # the bars' refresh thread leaves the stop signals to main
+            self.progress.start()
 
     def stop(self) -> None:
         self.progress.stop()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import SchedulerError, require_extra
 from .results import STATUS_FAIL, FileResult
-from .shutdown import Shutdown
+from .shutdown import STRAND_SECONDS, Shutdown
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = "5s"
 LOOKAHEAD = 2  # tasks in flight per worker thread: each worker has its next file queued
 STOP_POLL_SECONDS = 0.5  # how often a task looks at its run's stop
+# a file abandoned on a worker is waited for longer than on this machine: the stop reaches the
+# task at its next poll, the next task queued behind it returns at once, the results travel back
+STRAND_ON_CLUSTER = STRAND_SECONDS + STOP_POLL_SECONDS + 1.0
 JOBS_KEPT = 8  # jobs (throttles) of recent runs a worker process keeps
 
 
@@ -65,6 +68,8 @@ def _stop_key(run: str) -> list[str]:
 
 class ClusterPool:
     """The run layer's pool on a cluster: each file a task on whichever worker takes it."""
+
+    strand_seconds = STRAND_ON_CLUSTER
 
     def __init__(self, client: Any, options: Options) -> None:
         self.client = client

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import DirectoryError, UsageError
+from .errors import DirectoryError, PcapslimError, UsageError
 from .limits import LIMITS, MMAP_MAX_WORKERS, RULES
 from .results import STATUS_ABANDONED, STATUS_FAIL, STATUS_MARKED, STATUS_WOULD_SLIM, FileResult
 from .shutdown import STRAND_SECONDS, Shutdown, signals_to_main
@@ -145,6 +145,7 @@ class Pool(Protocol):
     """Where the scheduler's files run."""
 
     slots: int  # files in flight at once
+    strand_seconds: float  # how long after its abandonment a file is waited for
 
     def submit(self, path: str) -> Future[FileResult | None]:
         """Run one file; None as its result means it was not taken (the run had stopped)."""
@@ -164,6 +165,8 @@ class Pool(Protocol):
 
 class LocalPool:
     """Threads of this process, each taking file after file for the whole run."""
+
+    strand_seconds = STRAND_SECONDS
 
     def __init__(self, job: Job, workers: int) -> None:
         self.job = job
@@ -286,16 +289,16 @@ class Scheduler:
 
     def finish(self, on_tick: Callable[[], None] | None = None) -> None:
         """Take no new file; wait for those in progress (abandoned as the stop says), but not
-        longer than STRAND_SECONDS after they were to be abandoned: a file still running then
-        is reported abandoned and left to its thread. `on_tick` runs at least every half
-        second meanwhile."""
+        longer than the pool's `strand_seconds` after they were to be abandoned: a file still
+        running then is reported abandoned and left to its thread. `on_tick` runs at least
+        every half second meanwhile."""
         self._waiting.clear()
         self._queued.clear()
         while self._busy:
             timeout = 0.5 if on_tick is not None else None
             abandon_at = self.stop.abandon_at() if self.stop.requested else None
             if abandon_at is not None:
-                left = abandon_at + STRAND_SECONDS - time.monotonic()
+                left = abandon_at + self.pool.strand_seconds - time.monotonic()
                 if left <= 0:
                     break
                 timeout = min(left, 0.5)
@@ -310,9 +313,10 @@ class Scheduler:
                 FileResult(
                     path,
                     STATUS_ABANDONED,
-                    error=f"{path}: stopped{why}, and still blocked {STRAND_SECONDS:.0f} s after "
-                    "it was abandoned; the original is untouched and its tmp file, if any, is "
-                    "taken over by the next run",
+                    error=f"{path}: stopped{why}, and still blocked "
+                    f"{self.pool.strand_seconds:.0f} s after it was abandoned: it is the original "
+                    "or, if it was being renamed, its complete slim copy; a tmp file left behind "
+                    "is taken over by the next run",
                 )
             )
 
@@ -369,12 +373,12 @@ class Scheduler:
         while self._finished:
             fut = self._finished.popleft()
             path = self._busy.pop(fut, None)
-            if path is None or fut.cancelled():
+            if path is None:
                 continue
             try:
                 result = fut.result()
-            except Exception as e:  # the pool could not run it
-                result = self.pool.failure(path, e)
+            except Exception as e:  # the pool could not run it, or cancelled it (a cluster
+                result = self.pool.failure(path, e)  # whose scheduler restarted)
             if result is not None:
                 self.on_result(result)
 
@@ -397,10 +401,12 @@ class _Session:
         from . import kernelset
 
         self.options = options
+        self.on_notice = on_notice
         self.stop = options.stop or Shutdown()
         self.client: Any = None
         self.job: Job | None = None
         self.metrics: Metrics | None = None
+        self._metrics_failed: str | None = None  # the last failure to write them, told once
         if options.scheduler is not None:  # before anything is touched
             from .cluster import connect
 
@@ -419,7 +425,14 @@ class _Session:
                 from .metrics import Metrics
 
                 self.metrics = Metrics(options.metrics_file)
-                self.metrics.write()
+                try:
+                    self.metrics.write()
+                except OSError as e:  # before anything is touched: the run does not start
+                    self.metrics = None
+                    raise PcapslimError(
+                        f"--metrics-file {options.metrics_file}: cannot write it "
+                        f"({e.strerror or e}); nothing was touched"
+                    ) from None
         except BaseException:
             self.close()
             raise
@@ -435,13 +448,14 @@ class _Session:
     def run(
         self, files: Sequence[Path], on_result: ResultCallback | None, list_marked: bool
     ) -> list[FileResult]:
-        """Every file through the scheduler; the results in the order of `files`."""
+        """Every file through the scheduler; the results in the order of `files`. A file
+        marked since a directory was listed is heard of (and counted in the metrics) but not
+        among the results: directory runs do not list marked files."""
         by_path: dict[str, FileResult] = {}
 
         def handle(result: FileResult) -> None:
-            if result.status == STATUS_MARKED and not list_marked:
-                return  # marked since the listing: directory runs do not list it
-            by_path[result.path] = result
+            if result.status != STATUS_MARKED or list_marked:
+                by_path[result.path] = result
             self.record(result)
             if on_result is not None:
                 on_result(result)
@@ -452,6 +466,10 @@ class _Session:
             for i, path in enumerate(files):
                 scheduler.add(str(path), i)
             scheduler.run()
+            self.stop.ended()
+        except BaseException:  # an interrupt, or a callback that failed: no file goes on
+            self.stop.abandon()
+            raise
         finally:
             scheduler.close()
             pool.close()
@@ -466,14 +484,29 @@ class _Session:
 
     def record(self, result: FileResult) -> None:
         if self.metrics is not None:
-            self.metrics.record(result)
+            self._metrics(self.metrics.record, result)
+
+    def _metrics(self, write: Callable[..., None], *args: Any) -> None:
+        """Metrics that cannot be written do not stop the files: the caller hears of it once
+        (and again when the reason changes)."""
+        try:
+            write(*args)
+        except OSError as e:
+            why = f"cannot write the metrics file {self.options.metrics_file}: {e.strerror or e}"
+            if why != self._metrics_failed and self.on_notice is not None:
+                self.on_notice(f"pcap-slim: {why}")
+            self._metrics_failed = why
+
+    def watching(self, up: bool) -> None:
+        if self.metrics is not None:
+            self._metrics(self.metrics.set_watching, up)
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
         if self.metrics is not None:
-            self.metrics.write()
+            self._metrics(self.metrics.write)
 
 
 @contextmanager
@@ -573,16 +606,19 @@ def watch_dir(
             if on_result is not None:
                 on_result(result)
 
-        if session.metrics is not None:
-            session.metrics.set_watching(True)
+        session.watching(True)
         watcher = Watcher(root, options, report, notifier)
         pool = session.pool()
         scheduler = Scheduler(pool, session.stop, watcher.finished)
         try:
             watcher.run(scheduler)
+            session.stop.ended()
+        except BaseException as e:
+            if not isinstance(e, DirectoryError):  # an interrupt, or a callback that failed
+                session.stop.abandon()
+            raise
         finally:
             scheduler.close()
             pool.close()
-            if session.metrics is not None:
-                session.metrics.set_watching(False)
+            session.watching(False)
         return watcher.results

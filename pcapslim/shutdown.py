@@ -7,9 +7,11 @@ sleeps go through `sleep`, which wakes at once when the files are to be abandone
 throttled file does not hold the shutdown back.
 
 Whatever a run is blocked in, it ends: the scheduler stops waiting for a file STRAND_SECONDS
-after it was to be abandoned (pcapslim.run), and the command, which installs the handlers with
-a deadline, exits EXIT_SECONDS after that point even if its own main thread is stuck (a report
-written to a pipe nobody reads, a system call that does not return).
+after it was to be abandoned (a little longer on a cluster; pcapslim.run), and the command,
+which installs the handlers with a deadline, exits EXIT_SECONDS after that point even if its own
+main thread is stuck (a report written to a pipe nobody reads, a system call that does not
+return). Once every file is accounted for (`ended`), what is left is letting go of the replaced
+originals and writing the report: that gets REPORT_SECONDS more.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from types import FrameType
 from .errors import EXIT_FAIL, Abandoned
 
 GRACE_SECONDS = 7.0  # finishing what is in progress: abandoned well within 10 s of the signal
-STRAND_SECONDS = 1.0  # a file not stopped this long after it was abandoned is left behind
-EXIT_SECONDS = 2.0  # the command exits this long after the abandonment, whatever it is doing
+STRAND_SECONDS = 2.0  # a file not stopped this long after it was abandoned is left behind
+# the command exits this long after the abandonment, whatever it is doing: longer than any pool
+# waits for a file after its abandonment (STRAND_SECONDS here, 3.5 s on a cluster)
+EXIT_SECONDS = 4.5
+REPORT_SECONDS = 30.0  # once every file is accounted for: freeing originals, the report
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -54,7 +59,8 @@ class Shutdown:
         self._abandon = threading.Event()
         self._deadline: float | None = None  # when the files in progress are abandoned
         self._listeners: list[Callable[[], None]] = []
-        self._exit_after: float | None = None  # the command's last resort (see `install`)
+        self._exit_after: float | None = None  # the command's last resort (see `installed`)
+        self._ended_at: float | None = None  # every file accounted for (see `ended`)
         self._reaper: threading.Thread | None = None
         # reentrant: a second signal's handler may run inside the first one's
         self._changed = threading.Condition(threading.RLock())
@@ -94,6 +100,13 @@ class Shutdown:
             self._reaper.start()
         for listener in list(self._listeners):
             listener()
+
+    def ended(self) -> None:
+        """Every file of the run is accounted for: the last resort waits REPORT_SECONDS more
+        for the rest (letting go of the replaced originals, the report)."""
+        self._ended_at = time.monotonic()
+        with self._changed:
+            self._changed.notify_all()
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
@@ -136,12 +149,13 @@ class Shutdown:
             self._abandon.wait(min(left, 0.5))
 
     @contextmanager
-    def installed(self, exit_seconds: float | None = EXIT_SECONDS) -> Iterator[Shutdown]:
+    def installed(self, exit_seconds: float | None = None) -> Iterator[Shutdown]:
         """SIGTERM and SIGINT request the stop; a second one abandons at once. Only from the
         main thread (Python runs signal handlers there); the previous handlers come back at the
-        end. With `exit_seconds`, once a stop was requested the process exits that long after
-        the files were to be abandoned, if it has not ended by itself: the last resort of the
-        command, never of a library caller's process."""
+        end. With `exit_seconds` (the command's last resort: never for a library caller's
+        process), once a stop was requested the process exits that long after the files were
+        to be abandoned (REPORT_SECONDS after the run `ended`, if later), if it has not left
+        this block by then."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
@@ -151,23 +165,31 @@ class Shutdown:
         try:
             yield self
         finally:
+            with self._changed:
+                self._exit_after = None  # disarmed: the reaper, if any, returns
+                self._changed.notify_all()
             for signum, old in previous.items():
                 signal.signal(signum, old)
 
     def _reap(self) -> None:
-        assert self._exit_after is not None
         with self._changed:
             while True:
+                if self._exit_after is None:
+                    return
                 deadline = self._deadline
                 assert deadline is not None
-                left = deadline + self._exit_after - time.monotonic()
+                at = deadline + self._exit_after
+                if self._ended_at is not None:
+                    at = max(at, self._ended_at + REPORT_SECONDS)
+                left = at - time.monotonic()
                 if left <= 0:
                     break
                 self._changed.wait(left)
+        assert self._exit_after is not None
         why = f" ({self.signal_name})" if self.signal_name else ""
         os.write(
             2,
-            f"pcap-slim: stopped{why}, but the run did not end {self._exit_after:.0f} s after "
+            f"pcap-slim: stopped{why}, but the run did not end {self._exit_after:g} s after "
             "its files were abandoned (blocked in the system, or its report cannot be "
             "written); exiting now. Originals are untouched; a tmp file left behind is taken "
             "over by the next run.\n".encode(),

@@ -65,48 +65,54 @@ class Watcher:
         )
 
     def run(self, scheduler: Scheduler) -> None:
-        """Watch until the scheduler's stop is requested, handing it each eligible file;
-        raises DirectoryError when the directory cannot be watched (or goes away)."""
+        """Watch until the scheduler's stop is requested, handing it each eligible file, then
+        let the files in progress finish (or be abandoned); raises DirectoryError when the
+        directory cannot be watched (or goes away), once the files in progress are done."""
         from inotify_simple import INotify
         from inotify_simple import flags as f
 
         self.scheduler = scheduler
-        stop = scheduler.stop
         inotify = INotify()
         try:
             with scheduler.signal_wakeups():
                 try:
-                    inotify.add_watch(
-                        self.directory,
-                        f.CLOSE_WRITE | f.MOVED_TO | f.ATTRIB | f.DELETE_SELF | f.MOVE_SELF,
-                    )
-                except OSError as e:
-                    raise self._cannot_watch(e) from None
-                self._rescan()
-                self.notifier.ready(self.status())
-                next_rescan = time.monotonic() + self.rescan_seconds
-                next_ping = time.monotonic()
-                while not stop.requested:
-                    now = time.monotonic()
-                    if now >= next_rescan:
-                        self._rescan()
-                        next_rescan = now + self.rescan_seconds
-                    self._come_of_age(now)
-                    self._examine()
-                    if self.notifier.watchdog_interval and now >= next_ping:
-                        self.notifier.watchdog()
-                        next_ping = now + self.notifier.watchdog_interval
-                    deadlines = [next_rescan, *self._due.values()]
-                    if self.notifier.watchdog_interval:
-                        deadlines.append(next_ping)
-                    timeout = min(max(min(deadlines) - time.monotonic(), 0.0), MAX_SLEEP)
-                    if scheduler.step(timeout, [inotify.fileno()]):
-                        self._events(inotify.read(timeout=0), f)
-                self.notifier.stopping(self.status())
-                # the files in progress finish, or are abandoned, first
-                scheduler.finish(on_tick=self._ping)
+                    self._watch(scheduler, inotify, f)
+                    self.notifier.stopping(self.status())
+                finally:  # the files in progress are heard of, whatever ended the watch
+                    scheduler.finish(on_tick=self._ping)
         finally:
             inotify.close()
+
+    def _watch(self, scheduler: Scheduler, inotify: Any, f: Any) -> None:
+        """The loop: rescans, young files coming of age, the watchdog, inotify's events and the
+        scheduler's results, until the stop."""
+        try:
+            inotify.add_watch(
+                self.directory,
+                f.CLOSE_WRITE | f.MOVED_TO | f.ATTRIB | f.DELETE_SELF | f.MOVE_SELF,
+            )
+        except OSError as e:
+            raise self._cannot_watch(e) from None
+        self._rescan()
+        self.notifier.ready(self.status())
+        next_rescan = time.monotonic() + self.rescan_seconds
+        next_ping = time.monotonic()
+        while not scheduler.stop.requested:
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._rescan()
+                next_rescan = now + self.rescan_seconds
+            self._come_of_age(now)
+            self._examine()
+            if self.notifier.watchdog_interval and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + self.notifier.watchdog_interval
+            deadlines = [next_rescan, *self._due.values()]
+            if self.notifier.watchdog_interval:
+                deadlines.append(next_ping)
+            timeout = min(max(min(deadlines) - time.monotonic(), 0.0), MAX_SLEEP)
+            if scheduler.step(timeout, [inotify.fileno()]):
+                self._events(inotify.read(timeout=0), f)
 
     def _ping(self) -> None:
         if self.notifier.watchdog_interval:

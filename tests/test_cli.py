@@ -579,3 +579,23 @@ def test_exit_codes_and_stdout_as_a_shell_sees_them(tmp_path):  # type: ignore[n
     assert "cannot read the directory" in unreadable.json()["error"]
     usage = run("--dir", d, "--workers", "0", "--output", "json", check_rc=2)
     assert usage.stdout == "" and "Usage" in usage.stderr
+
+
+def test_lines_of_a_directory_run_do_not_wait_for_a_file_marked_meanwhile():  # type: ignore[no-untyped-def]
+    """Another slimmer marks a listed file before this run takes it: the run hears of it and
+    prints no line for it (directory runs do not list marked files), and the lines after it
+    are printed as soon as their files finish, not at the end of the run."""
+    from pcapslim.cli import _Lines
+
+    out: list[str] = []
+    lines = _Lines(["d/a.pcap", "d/b.pcap", "d/c.pcap"], out.append, listed=True)
+    lines.add(pcapslim.FileResult("d/b.pcap", "fail", error="d/b.pcap: broken"))
+    assert out == []  # a.pcap comes first
+    lines.add(pcapslim.FileResult("d/a.pcap", "skipped_marker"))
+    assert out == ["FAIL d/b.pcap: broken"]
+    lines.add(pcapslim.FileResult("d/c.pcap", "skipped_busy"))
+    assert out == ["FAIL d/b.pcap: broken", "skip (busy): d/c.pcap"]
+    single: list[str] = []
+    one = _Lines(["x.pcap"], single.append, listed=False)  # --single lists a marked file
+    one.add(pcapslim.FileResult("x.pcap", "skipped_marker"))
+    assert single == ["skip (marked): x.pcap"]

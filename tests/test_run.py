@@ -313,3 +313,80 @@ def test_a_run_stopped_while_a_worker_is_blocked_gives_it_up(tmp_path):  # type:
     assert wait_for(lambda: not tmps(tmp_path), 10)
     assert f.read_bytes() == data
     os.close(r)
+
+
+def test_a_callback_that_fails_stops_the_files_in_progress(tmp_path):  # type: ignore[no-untyped-def]
+    """The caller's callback raises while another file is still being slimmed: the error
+    reaches the caller at once, and that file is abandoned at its next window (its original
+    untouched, no tmp), not slimmed to the end first."""
+    small, slow = tmp_path / "a_small.pcap", tmp_path / "b_slow.pcap"
+    small.write_bytes(capture(3, 1))
+    big = capture(40000, 0)  # ~9 MB, throttled to 2 MB/s: many seconds of work
+    slow.write_bytes(big)
+    age(small, 3600)
+
+    def fail(result: pcapslim.FileResult) -> None:
+        raise RuntimeError(f"the caller gave up after {Path(result.path).name}")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="the caller gave up after a_small.pcap"):
+        pcapslim.slim_dir(tmp_path, Options(workers=2, max_io_mbps=2), on_result=fail)
+    took = time.monotonic() - t0
+    print(f"the error reached the caller after {took:.2f} s")
+    assert took < 4.0, took
+    assert slow.read_bytes() == big and not (tmp_path / ".slim_markers" / "b_slow.pcap").exists()
+    assert tmps(tmp_path) == []
+
+
+class _CancellingPool:
+    """A pool whose every future ends cancelled, as a Dask client cancels its pending futures
+    when its scheduler restarts or the connection drops."""
+
+    slots = 2
+    strand_seconds = 1.0
+
+    def submit(self, path: str):  # type: ignore[no-untyped-def]
+        from concurrent.futures import Future
+
+        fut: Future[None] = Future()
+        threading.Timer(0.05, fut.cancel).start()
+        return fut
+
+    def stopping(self, why: str, abandon: bool) -> None:
+        pass
+
+    def failure(self, path: str, error: BaseException) -> pcapslim.FileResult:
+        return pcapslim.FileResult(path, "fail", error=f"{path}: {type(error).__name__}")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_file_whose_task_was_cancelled_is_a_failure_not_silence():  # type: ignore[no-untyped-def]
+    from pcapslim.run import Scheduler
+
+    heard: list[pcapslim.FileResult] = []
+    scheduler = Scheduler(_CancellingPool(), Shutdown(), heard.append)
+    try:
+        for name in ("x.pcap", "y.pcap", "z.pcap"):
+            scheduler.add(name)
+        scheduler.run()
+    finally:
+        scheduler.close()
+    assert sorted((r.path, r.status, r.error) for r in heard) == [
+        (n, "fail", f"{n}: CancelledError") for n in ("x.pcap", "y.pcap", "z.pcap")
+    ]
+
+
+def test_an_unwritable_metrics_file_is_an_error_before_anything_is_touched(tmp_path):  # type: ignore[no-untyped-def]
+    (tmp_path / "a.pcap").write_bytes(capture())
+    stale = tmp_path / "old.pcap.tmp"
+    stale.write_bytes(b"a dead worker's")
+    age(stale, 3600)
+    before = listing(tmp_path)
+    ran = invoke("--dir", tmp_path, "--metrics-file", tmp_path / "no" / "m.prom", check_rc=1)
+    assert ran.stderr.strip().splitlines()[-1] == (
+        f"pcap-slim: --metrics-file {tmp_path / 'no' / 'm.prom'}: cannot write it (No such file "
+        "or directory); nothing was touched"
+    )
+    assert listing(tmp_path) == before
