@@ -19,12 +19,10 @@ pcapslim.tmpowner). A worker that cannot see a file fails that file, naming itse
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SchedulerError, require_extra
@@ -34,6 +32,7 @@ from .shutdown import STRAND_SECONDS, Shutdown
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from .capdir import Target
     from .coordinator import Job
     from .run import Options
 
@@ -80,10 +79,10 @@ class ClusterPool:
         self._numbers = itertools.count()
         self._told: dict[str, object] = {}
 
-    def submit(self, path: str) -> Future[FileResult | None]:
+    def submit(self, target: Target) -> Future[FileResult | None]:
         future: Future[FileResult | None] = self.client.submit(
             run_task,
-            path,
+            target,
             self.options,
             self.run,
             key=f"pcapslim-{self.run}-{next(self._numbers)}",
@@ -162,7 +161,7 @@ def worker_job(options: Options, run: str, concurrency: int) -> Job:
         return job
 
 
-def run_task(path: str, options: Options, run: str) -> FileResult | None:
+def run_task(target: Target, options: Options, run: str) -> FileResult | None:
     """The task: one file on whichever worker runs this; None when its run was stopped before
     the file was taken."""
     from distributed import get_worker
@@ -175,9 +174,9 @@ def run_task(path: str, options: Options, run: str) -> FileResult | None:
     assert job.shutdown is not None
     if job.shutdown.requested:
         return None
-    p = Path(path)
-    if not os.path.lexists(p):
-        seen = "sees its directory" if p.parent.is_dir() else "does not see its directory"
+    path = str(target.path)
+    seen = _sees(target)
+    if seen is not None:
         return FileResult(
             path,
             STATUS_FAIL,
@@ -185,9 +184,21 @@ def run_task(path: str, options: Options, run: str) -> FileResult | None:
             "mounted there?); nothing was changed",
             worker=address,
         )
-    result = slim_in_place(p, job)
+    result = slim_in_place(target, job)
     drain()  # the replaced original is let go of before the task reports
     if result.status == STATUS_FAIL and result.error:
         result.error += f" (on worker {address})"
     result.worker = address
     return result
+
+
+def _sees(target: Target) -> str | None:
+    """None when this worker sees the file; else what it sees of it."""
+    try:
+        with target.directory() as d:
+            d.lstat(target.name)
+        return None
+    except FileNotFoundError:
+        return "sees its directory" if target.path.parent.is_dir() else "does not see its directory"
+    except OSError:
+        return None  # there, but not as expected: the file's own run says what is wrong

@@ -1,10 +1,14 @@
 """Slimming one file in place: the transaction of SPEC §5.
 
 For a file D/name: honour its marker; create D/name.tmp exclusively before reading; write and
-verify the slim copy; carry over mode, owner and times; refuse if the original changed; rename
+verify the slim copy; carry over owner, mode and times; refuse if the original changed; rename
 atomically; fsync the directory; write the marker last. A failure at any step removes the tmp
 and leaves the original as it was. Which files a run takes, and how many at once, is decided
 elsewhere (pcapslim.eligibility, pcapslim.run); `Job` is what the run asks of every file.
+
+Every operation in D is made relative to D's descriptor (pcapslim.capdir): the account owning
+D may rename, swap or plant anything in it at any moment, and none of it leads an operation
+outside D. The tmp gets its owner before its mode, and never the set-id bits.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import tmpowner
-from .eligibility import STALE_TMP_SECONDS, tmp_path
+from .capdir import CaptureDir, Target, check_regular
+from .eligibility import STALE_TMP_SECONDS, tmp_name, tmp_path
 from .engine import process
 from .errors import (
     Abandoned,
@@ -30,7 +35,7 @@ from .errors import (
     VerificationError,
 )
 from .follow import Growing
-from .markers import PendingMap, fsync_dir, is_marked, marker_path, write_marker
+from .markers import MarkerDir, PendingMap, marker_path
 from .results import (
     STATUS_ABANDONED,
     STATUS_BUSY,
@@ -42,7 +47,6 @@ from .results import (
 from .run import Options
 from .shutdown import Shutdown
 from .sinks import ThrottledSink
-from .source import check_regular, open_capture
 from .stats import SlimStats
 from .throttle import CpuThrottle, IoThrottle
 
@@ -61,28 +65,55 @@ class Job:
     clock: Callable[[], float] = field(default=time.time)
 
 
-def slim_in_place(path: Path, job: Job) -> FileResult:
-    """Run the contract of SPEC §5 on one file; never raises for a per-file problem."""
+def slim_in_place(target: Target | Path, job: Job) -> FileResult:
+    """Run the contract of SPEC §5 on one file (a Path: a file of the operator's directory);
+    never raises for a per-file problem."""
+    if not isinstance(target, Target):
+        target = Target.of(target)
+    path = target.path
     name = str(path)
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:  # never there, or gone before the run came to it
-        return FileResult(name, STATUS_FAIL, error=f"{path}: no such file; nothing was changed")
+        d = CaptureDir.open(target.root, target.parts)
     except OSError as e:
-        return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
+        return FileResult(name, STATUS_FAIL, error=_missing(path, e))
+    try:
+        return _slim_in(d, target.name, path, job)
+    finally:
+        d.close()
+
+
+def _missing(path: Path, e: OSError) -> str:
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):  # never there, or gone before the run came
+        return f"{path}: no such file; nothing was changed"
+    if e.errno == errno.ELOOP:
+        return f"{path}: a directory on its way is a symbolic link; nothing was changed"
+    return _os_message(path, e)
+
+
+def _slim_in(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult:
+    name = str(path)
+    try:
+        st = d.lstat(base)
+    except OSError as e:
+        return FileResult(name, STATUS_FAIL, error=_missing(path, e))
     try:
         check_regular(path, st)
-        if is_marked(path):
-            return FileResult(name, STATUS_MARKED)
+        markers = MarkerDir.existing(d)
+        if markers is not None:
+            try:
+                if markers.is_marked(base):
+                    return FileResult(name, STATUS_MARKED)
+            finally:
+                markers.close()
         if job.options.check_only:
-            fd = open_capture(path, follow_symlinks=False)
+            fd = d.open_read(base)
             try:
                 return FileResult(
                     name, STATUS_OK, _analyze_fd(name, fd, job, _Accounting(name, job))
                 )
             finally:
                 os.close(fd)
-        return _slim_in_place(path, job)
+        return _slim_in_place(d, base, path, job)
     except Abandoned as e:
         return FileResult(name, STATUS_ABANDONED, error=str(e))
     except PcapslimError as e:
@@ -98,18 +129,18 @@ def slim_in_place(path: Path, job: Job) -> FileResult:
         )
 
 
-def _reopen_for_reading(fd: int, path: Path) -> int:
+def _reopen_for_reading(fd: int, d: CaptureDir, tmp: str) -> int:
     """A second, read-only descriptor of the file open on `fd` (the tmp being written): through
-    /proc, so that whatever stands at `path` by now is never the one read."""
+    /proc, so that whatever stands at its name by now is never the one read."""
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # no /proc: by the path, checked to be the same file
-        rfd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # no /proc: by its name, checked to be the same file
+        rfd = d.open_read(tmp)
         a, b = os.fstat(fd), os.fstat(rfd)
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
             os.close(rfd)
             raise PlantedPathError(
-                f"{path}: the tmp file was replaced while it was written"
+                f"{d.path / tmp}: the tmp file was replaced while it was written"
             ) from None
         return rfd
 
@@ -130,33 +161,32 @@ def _os_message(path: Path, e: OSError) -> str:
     return f"{where}: {reason} ({hint})"
 
 
-def _create_tmp(path: Path, clock: Callable[[], float]) -> int | None:
-    """Open D/name.tmp exclusively, taking over a stale one; None when another worker's fresh
+def _create_tmp(d: CaptureDir, base: str, path: Path, clock: Callable[[], float]) -> int | None:
+    """Create D/name.tmp exclusively, taking over a stale one; None when another worker's fresh
     tmp is there."""
-    tmp = tmp_path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    tmp = tmp_name(base)
     for _ in range(3):
         try:
-            fd = os.open(tmp, flags, 0o600)
+            fd = d.create(tmp)
         except FileExistsError:
             try:
-                st = os.lstat(tmp)
+                st = d.lstat(tmp)
             except FileNotFoundError:
                 continue  # its owner just renamed or removed it: try again
             if not stat.S_ISREG(st.st_mode):  # workers only ever create regular files
                 kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
                 raise PlantedPathError(
-                    f"{path}: {tmp} is {kind}; remove it so the file can be slimmed"
+                    f"{path}: {tmp_path(path)} is {kind}; remove it so the file can be slimmed"
                 ) from None
-            taken = tmpowner.take_over(tmp)  # a pcapslim tmp: its lock says if its writer lives
+            taken = tmpowner.take_over(d, tmp)  # a pcapslim tmp: its lock says if it lives
             if taken is False:
                 return None
             if taken is None:  # not marked: another tool's, or no locks here: the age rule
                 if clock() - st.st_mtime < STALE_TMP_SECONDS:
                     return None
-                os.unlink(tmp)  # stale: a dead worker's
+                d.unlink(tmp)  # stale: a dead worker's
             continue
-        tmpowner.claim(tmp, fd)  # locked and marked as ours while we write it
+        tmpowner.claim(fd)  # locked and marked as ours while we write it
         return fd
     return None
 
@@ -228,10 +258,10 @@ def drain() -> None:
     _releaser.drain()
 
 
-def _slim_in_place(path: Path, job: Job) -> FileResult:
+def _slim_in_place(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult:
     name = str(path)
-    tmp = tmp_path(path)
-    tmp_fd = _create_tmp(path, job.clock)  # before the source is read (SPEC §5 step 2)
+    tmp = tmp_name(base)
+    tmp_fd = _create_tmp(d, base, path, job.clock)  # before the source is read (SPEC §5 step 2)
     if tmp_fd is None:
         return FileResult(name, STATUS_BUSY)
     tmp_gone = False
@@ -239,11 +269,11 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
     offsets: PendingMap | None = None
     trailing: _Trailing | None = None
     try:
-        src_fd = open_capture(path, follow_symlinks=False)
+        src_fd = d.open_read(base)
         before = os.fstat(src_fd)
         if job.options.offset_map:
-            offsets = PendingMap(path)
-        trailing = _Trailing(path, tmp, tmp_fd, job)
+            offsets = PendingMap(d, base)
+        trailing = _Trailing(path, _reopen_for_reading(tmp_fd, d, tmp), job)
         sink = ThrottledSink(tmp_fd, job.io, trailing.growing)
         stats = process(
             name,
@@ -263,8 +293,8 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             trailing.abandon()
             trailing = None
             _not_abandoned(job, name)
-            _check_unchanged(path, before)
-            os.unlink(tmp)
+            _check_unchanged(d, base, path, before)
+            d.unlink(tmp)
             tmp_gone = True
             if offsets is not None:
                 offsets.commit()
@@ -276,21 +306,22 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
             _verify(path, check, stats, os.fstat(tmp_fd).st_size)
             _carry_over(tmp_fd, before)
             _not_abandoned(job, name)
-            _check_unchanged(path, before)
+            _check_unchanged(d, base, path, before)
             if offsets is not None:
                 offsets.commit()
             # 6. atomic rename, directory fsync
-            os.rename(tmp, path)
+            d.rename(tmp, base)
             tmp_gone = True
-            fsync_dir(path.parent)
+            d.fsync()
     except BaseException:
         if trailing is not None:
             trailing.abandon()
         if offsets is not None and not tmp_gone:
             offsets.discard()
+            offsets = None
         if not tmp_gone:
             try:
-                os.unlink(tmp)
+                d.unlink(tmp)
             except FileNotFoundError:
                 pass
         if src_fd >= 0:
@@ -298,11 +329,17 @@ def _slim_in_place(path: Path, job: Job) -> FileResult:
         raise
     finally:
         os.close(tmp_fd)
+        if offsets is not None:
+            offsets.close()
     if src_fd >= 0:
         _releaser.release(src_fd)  # the replaced original is freed in the background
     # 7. the marker is the last write
     try:
-        write_marker(path)
+        markers = MarkerDir.make(d)
+        try:
+            markers.write(base)
+        finally:
+            markers.close()
     except (OSError, PcapslimError) as e:
         detail = str(e) if isinstance(e, PcapslimError) else _os_message(marker_path(path), e)
         return FileResult(
@@ -322,10 +359,11 @@ class _Trailing:
     more when it must be decompressed). When the writer had to start the file again, the
     re-read is made afresh after the write."""
 
-    def __init__(self, path: Path, tmp: Path, tmp_fd: int, job: Job) -> None:
+    def __init__(self, path: Path, read_fd: int, job: Job) -> None:
+        """`read_fd`: a descriptor of the tmp for reading, this object's to close."""
         self.growing = Growing()
-        self._path, self._tmp, self._job = path, tmp, job
-        self._fd = _reopen_for_reading(tmp_fd, tmp)
+        self._path, self._job = path, job
+        self._fd = read_fd
         self._result: SlimStats | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="pcapslim-verify", daemon=True)
@@ -340,7 +378,7 @@ class _Trailing:
     def _count(self, follow: Growing | None) -> SlimStats:
         os.lseek(self._fd, 0, os.SEEK_SET)
         return process(
-            str(self._tmp),
+            str(tmp_path(self._path)),
             self._fd,
             None,
             on_progress=_Accounting(str(self._path), self._job, report=False),
@@ -404,20 +442,22 @@ def _verify(path: Path, check: SlimStats, stats: SlimStats, size_now: int) -> No
 
 
 def _carry_over(tmp_fd: int, before: os.stat_result) -> None:
-    """4. The original's mode, owner and group (when permitted) and times; then fsync."""
-    os.fchmod(tmp_fd, stat.S_IMODE(before.st_mode))
+    """4. The original's owner and group (when permitted), then its mode without the set-id
+    bits (a root-owned set-id tmp never exists, and a capture has no use for them), and its
+    times; then fsync."""
     try:
         os.fchown(tmp_fd, before.st_uid, before.st_gid)
     except PermissionError:
         pass
+    os.fchmod(tmp_fd, stat.S_IMODE(before.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
     os.utime(tmp_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
     os.fsync(tmp_fd)
 
 
-def _check_unchanged(path: Path, before: os.stat_result) -> None:
+def _check_unchanged(d: CaptureDir, base: str, path: Path, before: os.stat_result) -> None:
     """5. The original must be the same file, with the same size and mtime, as when read."""
     try:
-        now = os.stat(path, follow_symlinks=False)
+        now = d.lstat(base)
     except FileNotFoundError:
         raise SourceChangedError(
             f"{path}: the file was removed while it was being slimmed"

@@ -18,30 +18,36 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import PcapslimError
+
+if TYPE_CHECKING:
+    from .capdir import CaptureDir
 
 LEASE_REFUSED = (errno.EACCES, errno.EPERM, errno.EINVAL, errno.ENOLCK, errno.ENOTSUP)
 ACCESS_MODE = os.O_ACCMODE  # the access bits of the flags in /proc/PID/fdinfo
 
 
-def being_written(paths: list[Path]) -> set[Path]:
-    """Those of `paths` that some process holds open for writing: a lease per file, and one
-    look through /proc for the files whose lease cannot be taken."""
-    busy: set[Path] = set()
-    unknown: dict[tuple[int, int], Path] = {}
-    for path in paths:
+def being_written(d: CaptureDir, names: list[str]) -> set[str]:
+    """Those of the files `names` of `d` that some process holds open for writing: a lease per
+    file, and one look through /proc for the files whose lease cannot be taken. Only regular
+    files are opened (see CaptureDir.open_regular)."""
+    busy: set[str] = set()
+    unknown: dict[tuple[int, int], str] = {}
+    for name in names:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue  # gone or unreadable: the file's own run says what is wrong
+            fd = d.open_regular(name, os.O_RDONLY)
+        except (OSError, PcapslimError):
+            continue  # gone, unreadable or not a file: the file's own run says what is wrong
         try:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
         except OSError as e:
             if e.errno == errno.EAGAIN:
-                busy.add(path)
+                busy.add(name)
             elif e.errno in LEASE_REFUSED:
                 st = os.fstat(fd)
-                unknown[(st.st_dev, st.st_ino)] = path
+                unknown[(st.st_dev, st.st_ino)] = name
             else:
                 raise
         else:

@@ -2,7 +2,12 @@
 slimmed; `D/.slim_markers/NAME.offsets` holds its offset map (`--offset-map`).
 
 The marker directory is created 0755 and its files 0644, owned by `sensor:sensor` when that
-account exists (PCAPSLIM_MARKER_OWNER names another), else by the running user.
+account exists (PCAPSLIM_MARKER_OWNER names another), else by the running user. It is used only
+through its descriptor, opened O_DIRECTORY|O_NOFOLLOW relative to the capture directory's, and
+adopted only when it is a real directory owned by the running user, the marker account or the
+capture directory's owner; anything else standing there is reported, not followed. Its files
+are created O_EXCL after whatever stood at their name is removed, and given their owner, then
+their mode, through their descriptor.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .capdir import DIR_FLAGS, CaptureDir
 from .errors import PlantedPathError
 
 if TYPE_CHECKING:
@@ -24,43 +30,16 @@ MARKER_OWNER_ENV = "PCAPSLIM_MARKER_OWNER"  # another account name, for sensors 
 MARKER_DIR_MODE = 0o755
 MARKER_MODE = 0o644
 TMP_SUFFIX = ".tmp"
-# a planted FIFO never blocks an open: it fails at once (ENXIO), then the type check speaks
-_PLANTED = (errno.ENXIO, errno.ELOOP, errno.EISDIR)  # a FIFO, a symlink, a directory
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+OFFSETS_SUFFIX = ".offsets"
 
 
 def marker_path(path: Path) -> Path:
+    """What the marker of the capture `path` is called (in messages and for the operator)."""
     return path.parent / MARKER_DIR / path.name
 
 
-def is_marked(path: Path) -> bool:
-    """True when the marker is a regular file; something else planted there is an error."""
-    marker = marker_path(path)
-    try:
-        st = os.lstat(marker)
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        raise PlantedPathError(
-            f"{path}: {marker.parent} is not a directory; remove it so markers can be written"
-        ) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PlantedPathError(
-            f"{path}: {marker} exists but is not a regular file; remove it, then run again"
-        )
-    return True
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (a rename, a new file) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _owner_ids() -> tuple[int, int] | None:
+def owner_ids() -> tuple[int, int] | None:
+    """The marker account's uid and gid, or None when there is no such account."""
     import grp
     import pwd
 
@@ -76,64 +55,155 @@ def _owner_ids() -> tuple[int, int] | None:
     return user.pw_uid, gid
 
 
-def _open_beside_marker(path: Path, name: str, mode: int = MARKER_MODE) -> int:
-    """Open (create) D/.slim_markers/NAME for writing, the directory created 0755 when needed;
-    both belong to sensor:sensor when that user exists (and we may give them away)."""
-    mdir = path.parent / MARKER_DIR
-    try:
-        os.mkdir(mdir, MARKER_DIR_MODE)
-        os.chmod(mdir, MARKER_DIR_MODE)
-        created_dir = True
-    except FileExistsError:
-        created_dir = False
-    st = os.lstat(mdir)
-    if not stat.S_ISDIR(st.st_mode):
-        raise PlantedPathError(
-            f"{path}: {mdir} is not a directory; remove it so markers can be written"
-        )
-    try:
-        fd = os.open(mdir / name, _WRITE_FLAGS, mode)
-    except OSError as e:
-        if e.errno not in _PLANTED:
+class MarkerDir:
+    """`D/.slim_markers`, held by its descriptor."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def existing(cls, d: CaptureDir) -> MarkerDir | None:
+        """The marker directory of `d`, or None when there is none. PlantedPathError when
+        something else stands there."""
+        try:
+            fd = os.open(MARKER_DIR, DIR_FLAGS, dir_fd=d.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PlantedPathError(
+                    f"{d.path / MARKER_DIR} is not a directory; remove it so markers can be written"
+                ) from None
             raise
-        raise PlantedPathError(
-            f"{path}: {mdir / name} exists but is not a regular file; remove it, then run again"
-        ) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise PlantedPathError(
-                f"{path}: {mdir / name} exists but is not a regular file; remove it, then run again"
-            )
-        os.fchmod(fd, mode)
-        owner = _owner_ids()
-        if owner is not None:
+        return cls._adopted(fd, d)
+
+    @classmethod
+    def make(cls, d: CaptureDir) -> MarkerDir:
+        """The marker directory of `d`, created (0755, the marker account's) when missing."""
+        try:
+            d.mkdir(MARKER_DIR, MARKER_DIR_MODE)
+            made = True
+        except FileExistsError:
+            made = False
+        m = cls.existing(d)
+        if m is None:  # removed as soon as made: whoever does that gets no marker
+            raise PlantedPathError(f"{d.path / MARKER_DIR} disappeared as it was made")
+        # made here, and still the one made here (another user's swapped in is not changed)
+        if made and os.fstat(m.fd).st_uid == os.geteuid():
+            owner = owner_ids()
             try:
-                os.fchown(fd, *owner)
-                if created_dir:
-                    os.chown(mdir, *owner)
+                if owner is not None:
+                    os.fchown(m.fd, *owner)
+                os.fchmod(m.fd, MARKER_DIR_MODE)
             except PermissionError:
-                pass  # not root: the marker stays the running user's
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+                pass  # not root: the directory stays the running user's
+        return m
+
+    @classmethod
+    def _adopted(cls, fd: int, d: CaptureDir) -> MarkerDir:
+        path = d.path / MARKER_DIR
+        try:
+            st = os.fstat(fd)
+            owner = owner_ids()
+            expected = {os.geteuid(), os.fstat(d.fd).st_uid} | ({owner[0]} if owner else set())
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in expected:
+                raise PlantedPathError(
+                    f"{path} belongs to uid {st.st_uid}: neither the running user, the marker "
+                    "account nor the directory's owner; remove it so markers can be written"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def is_marked(self, name: str) -> bool:
+        """True when the marker is a regular file; something else planted there is an error."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            raise PlantedPathError(
+                f"{self.path / name} exists but is not a regular file; remove it, then run again"
+            )
+        return True
+
+    def create(self, name: str, mode: int = MARKER_MODE) -> int:
+        """A new file `name` for writing, whatever stood there removed first (a directory
+        cannot be: it is reported); owned by the marker account when there is one (and this
+        user may give it away), then given its mode."""
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise PlantedPathError(
+                f"{self.path / name} exists but is not a regular file; remove it, then run again"
+            ) from None
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode, dir_fd=self.fd)  # fmt: skip
+        except FileExistsError:  # put back between the removal and the creation
+            raise PlantedPathError(
+                f"{self.path / name} keeps being put back; remove what stands there"
+            ) from None
+        try:
+            owner = owner_ids()
+            if owner is not None:
+                try:
+                    os.fchown(fd, *owner)
+                except PermissionError:
+                    pass  # not root: the file stays the running user's
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def write(self, name: str) -> None:
+        """The marker of `name`, made durable (the file and its directory entry)."""
+        fd = self.create(name)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(self.fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
 
 
-def write_marker(path: Path) -> None:
-    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
-    fd = _open_beside_marker(path, path.name)
+def is_marked(d: CaptureDir, name: str) -> bool:
+    """Whether `name` of `d` has a marker (PlantedPathError when something else stands at the
+    marker or the marker directory)."""
+    m = MarkerDir.existing(d)
+    if m is None:
+        return False
     try:
-        os.fsync(fd)
+        return m.is_marked(name)
     finally:
-        os.close(fd)
-    fsync_dir(path.parent / MARKER_DIR)
+        m.close()
 
 
-def offset_map_path(path: Path) -> Path:
-    """Where the offset map of a capture lives: beside its marker."""
-    from .offsetmap import SUFFIX
-
-    return marker_path(path).with_name(path.name + SUFFIX)
+def write_marker(d: CaptureDir, name: str) -> None:
+    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
+    m = MarkerDir.make(d)
+    try:
+        m.write(name)
+    finally:
+        m.close()
 
 
 class PendingMap:
@@ -141,13 +211,18 @@ class PendingMap:
     D/.slim_markers/NAME.offsets.tmp and renamed into place before the capture is replaced, so a
     marked file always has the map of its last slimming."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, d: CaptureDir, name: str) -> None:
         from .offsetmap import OffsetMapWriter
 
-        self.final = offset_map_path(path)
-        self.tmp = self.final.with_name(self.final.name + TMP_SUFFIX)
+        self.final = name + OFFSETS_SUFFIX
+        self.tmp = self.final + TMP_SUFFIX
         self.committed = False
-        self._fh = os.fdopen(_open_beside_marker(path, self.tmp.name), "wb")
+        self._markers = MarkerDir.make(d)
+        try:
+            self._fh = os.fdopen(self._markers.create(self.tmp), "wb")
+        except BaseException:
+            self._markers.close()
+            raise
         self.writer: OffsetMapWriter = OffsetMapWriter(self._fh)
 
     def commit(self) -> None:
@@ -155,14 +230,15 @@ class PendingMap:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        os.rename(self.tmp, self.final)
+        self._markers.rename(self.tmp, self.final)
         self.committed = True
 
     def discard(self) -> None:
         """The capture was not replaced: no map of a slimming that did not happen."""
         self._fh.close()
-        for p in (self.tmp, self.final) if self.committed else (self.tmp,):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
+        for name in (self.tmp, self.final) if self.committed else (self.tmp,):
+            self._markers.unlink(name)
+        self.close()
+
+    def close(self) -> None:
+        self._markers.close()

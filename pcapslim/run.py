@@ -35,6 +35,7 @@ from .results import STATUS_ABANDONED, STATUS_FAIL, STATUS_MARKED, STATUS_WOULD_
 from .shutdown import STRAND_SECONDS, Shutdown, signals_to_main
 
 if TYPE_CHECKING:
+    from .capdir import Target
     from .coordinator import Job
     from .metrics import Metrics
     from .sdnotify import Notifier
@@ -147,7 +148,7 @@ class Pool(Protocol):
     slots: int  # files in flight at once
     strand_seconds: float  # how long after its abandonment a file is waited for
 
-    def submit(self, path: str) -> Future[FileResult | None]:
+    def submit(self, target: Target) -> Future[FileResult | None]:
         """Run one file; None as its result means it was not taken (the run had stopped)."""
         ...
 
@@ -171,12 +172,12 @@ class LocalPool:
     def __init__(self, job: Job, workers: int) -> None:
         self.job = job
         self.slots = workers
-        self._inbox: queue.SimpleQueue[tuple[str, Future[FileResult | None]] | None] = (
+        self._inbox: queue.SimpleQueue[tuple[Target, Future[FileResult | None]] | None] = (
             queue.SimpleQueue()
         )
         self._threads: list[threading.Thread] = []
 
-    def submit(self, path: str) -> Future[FileResult | None]:
+    def submit(self, target: Target) -> Future[FileResult | None]:
         fut: Future[FileResult | None] = Future()
         if len(self._threads) < self.slots:
             with signals_to_main():  # the stop signals stay the main thread's
@@ -185,20 +186,20 @@ class LocalPool:
                 )
                 t.start()
             self._threads.append(t)
-        self._inbox.put((path, fut))
+        self._inbox.put((target, fut))
         return fut
 
     def _work(self) -> None:
         from .coordinator import slim_in_place
 
         while (item := self._inbox.get()) is not None:
-            path, fut = item
+            target, fut = item
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
                 stop = self.job.shutdown
                 taken = stop is None or not stop.requested
-                fut.set_result(slim_in_place(Path(path), self.job) if taken else None)
+                fut.set_result(slim_in_place(target, self.job) if taken else None)
             except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
                 fut.set_exception(e)
 
@@ -236,10 +237,10 @@ class Scheduler:
         self.pool = pool
         self.stop = stop
         self.on_result = on_result
-        self._waiting: list[tuple[float, int, str]] = []  # a heap: (key, order, path)
+        self._waiting: list[tuple[float, int, Target]] = []  # a heap: (key, order, file)
         self._order = itertools.count()
-        self._queued: set[str] = set()
-        self._busy: dict[Future[FileResult | None], str] = {}
+        self._queued: set[str] = set()  # the files waiting, by path
+        self._busy: dict[Future[FileResult | None], Target] = {}
         self._finished: deque[Future[FileResult | None]] = deque()
         self._told = 0  # what the pool was told: 1 stopping, 2 abandoning
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -250,14 +251,15 @@ class Scheduler:
         stop.add_listener(self._poke)
 
     # what it holds
-    def add(self, path: str, key: float = 0.0) -> None:
+    def add(self, target: Target, key: float = 0.0) -> None:
+        path = str(target.path)
         if path in self._queued:
             return
         self._queued.add(path)
-        heapq.heappush(self._waiting, (key, next(self._order), path))
+        heapq.heappush(self._waiting, (key, next(self._order), target))
 
     def holds(self, path: str) -> bool:
-        return path in self._queued or path in self._busy.values()
+        return path in self._queued or any(str(t.path) == path for t in self._busy.values())
 
     @property
     def waiting(self) -> int:
@@ -305,8 +307,9 @@ class Scheduler:
             self.step(timeout)
             if on_tick is not None:
                 on_tick()
-        for fut, path in list(self._busy.items()):  # blocked beyond its abandonment
+        for fut, target in list(self._busy.items()):  # blocked beyond its abandonment
             del self._busy[fut]
+            path = str(target.path)
             self.stop.stranded += 1
             why = f" ({self.stop.signal_name})" if self.stop.signal_name else ""
             self.on_result(
@@ -349,11 +352,11 @@ class Scheduler:
                 self.pool.stopping(self.stop.signal_name, abandon=told == 2)
             return
         while self._waiting and len(self._busy) < self.pool.slots:
-            _, _, path = heapq.heappop(self._waiting)
-            self._queued.discard(path)
+            _, _, target = heapq.heappop(self._waiting)
+            self._queued.discard(str(target.path))
             with signals_to_main():  # whatever thread the pool starts for it
-                fut = self.pool.submit(path)
-                self._busy[fut] = path
+                fut = self.pool.submit(target)
+                self._busy[fut] = target
                 fut.add_done_callback(self._done)
 
     def _done(self, fut: Future[FileResult | None]) -> None:
@@ -372,13 +375,13 @@ class Scheduler:
     def _collect(self) -> None:
         while self._finished:
             fut = self._finished.popleft()
-            path = self._busy.pop(fut, None)
-            if path is None:
+            target = self._busy.pop(fut, None)
+            if target is None:
                 continue
             try:
                 result = fut.result()
             except Exception as e:  # the pool could not run it, or cancelled it (a cluster
-                result = self.pool.failure(path, e)  # whose scheduler restarted)
+                result = self.pool.failure(str(target.path), e)  # whose scheduler restarted)
             if result is not None:
                 self.on_result(result)
 
@@ -446,7 +449,7 @@ class _Session:
         return LocalPool(self.job, self.options.workers)
 
     def run(
-        self, files: Sequence[Path], on_result: ResultCallback | None, list_marked: bool
+        self, files: Sequence[Target], on_result: ResultCallback | None, list_marked: bool
     ) -> list[FileResult]:
         """Every file through the scheduler; the results in the order of `files`. A file
         marked since a directory was listed is heard of (and counted in the metrics) but not
@@ -463,8 +466,8 @@ class _Session:
         pool = self.pool()
         scheduler = Scheduler(pool, self.stop, handle)
         try:
-            for i, path in enumerate(files):
-                scheduler.add(str(path), i)
+            for i, target in enumerate(files):
+                scheduler.add(target, i)
             scheduler.run()
             self.stop.ended()
         except BaseException:  # an interrupt, or a callback that failed: no file goes on
@@ -473,10 +476,12 @@ class _Session:
         finally:
             scheduler.close()
             pool.close()
-        return [by_path[str(p)] for p in files if str(p) in by_path]
+        return [by_path[str(t.path)] for t in files if str(t.path) in by_path]
 
-    def dry_run(self, files: Sequence[Path], on_result: ResultCallback | None) -> list[FileResult]:
-        results = [FileResult(str(p), STATUS_WOULD_SLIM) for p in files]
+    def dry_run(
+        self, files: Sequence[Target], on_result: ResultCallback | None
+    ) -> list[FileResult]:
+        results = [FileResult(str(t.path), STATUS_WOULD_SLIM) for t in files]
         for r in results:
             if on_result is not None:
                 on_result(r)
@@ -530,18 +535,30 @@ def slim_files(
     """Slim each file in place, as `pcap-slim --single` does: a marked file is reported as
     `skipped_marker`; with `dry_run`, the files a run would take are reported `would_slim`.
     `on_result` hears of each file as it finishes; the results come back in the given order."""
-    from .eligibility import unmarked
+    from .capdir import Target
 
     options = options or Options()
     if options.age_minutes:
         raise UsageError("--age-minutes applies to --dir only")
     if options.recursive:
         raise UsageError("--recursive applies to --dir only")
-    files = [Path(p) for p in paths]
+    files = [Target.of(p) for p in paths]
     with _session(options, on_notice) as session:
         if options.dry_run:
-            return session.dry_run([f for f in files if unmarked(f)], on_result)
+            return session.dry_run([f for f in files if _unmarked(f)], on_result)
         return session.run(files, on_result, list_marked=True)
+
+
+def _unmarked(target: Target) -> bool:
+    """A run would take the file (one whose directory cannot be opened is taken: its run says
+    what is wrong)."""
+    from .eligibility import unmarked
+
+    try:
+        with target.directory() as d:
+            return unmarked(d, target.name)
+    except OSError:
+        return True
 
 
 def slim_dir(
@@ -557,6 +574,7 @@ def slim_dir(
     files are taken oldest first, marked ones are not listed. `on_listed` sees the files before
     the first is taken, `on_result` each file as it finishes; the results come back oldest
     first. DirectoryError when the directory cannot be read."""
+    from .capdir import CaptureDir
     from .eligibility import clean_stale_tmps, directories, pending_files
 
     options = options or Options()
@@ -564,13 +582,14 @@ def slim_dir(
     with _session(options, on_notice) as session:
         try:
             if not options.dry_run and not options.check_only:
-                for d in directories(root, options.recursive):
-                    clean_stale_tmps(d)
+                for parts in directories(root, options.recursive):
+                    with CaptureDir.open(root, parts) as d:
+                        clean_stale_tmps(d)
             files = pending_files(root, options.age_minutes, recursive=options.recursive)
         except OSError as e:
             raise DirectoryError(f"{root}: cannot read the directory: {e.strerror or e}") from None
         if on_listed is not None:
-            on_listed(files)
+            on_listed([t.path for t in files])
         if options.dry_run:
             return session.dry_run(files, on_result)
         return session.run(files, on_result, list_marked=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import mmap
 import os
 import queue
-import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +14,8 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from .capdir import check_regular
 from .compression import Decompressor, detect
-from .errors import NotRegularFileError
 from .follow import Growing
 from .pagecache import populate
 
@@ -24,27 +23,6 @@ if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
     import numpy.typing as npt
 
     Bytes: TypeAlias = npt.NDArray[np.uint8]
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISLNK, "a symbolic link"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def check_regular(path: str | os.PathLike[str], st: os.stat_result) -> None:
-    """A capture is a regular file; NotRegularFileError names what stands there instead."""
-    if stat.S_ISREG(st.st_mode):
-        return
-    kind = next((what for test, what in _KINDS if test(st.st_mode)), "not a regular file")
-    raise NotRegularFileError(
-        f"{os.fspath(path)}: {kind}, not a regular file: only capture files are slimmed; "
-        "nothing was changed"
-    )
 
 
 def open_capture(path: str | os.PathLike[str], follow_symlinks: bool = True) -> int:

@@ -21,6 +21,12 @@ import os
 import socket
 import struct
 from functools import cache
+from typing import TYPE_CHECKING
+
+from .errors import PcapslimError
+
+if TYPE_CHECKING:
+    from .capdir import CaptureDir
 
 OWNER_XATTR = "user.pcapslim.owner"
 _LOCK_UNSUPPORTED = (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
@@ -53,7 +59,7 @@ def lock(fd: int) -> bool:
         raise
 
 
-def claim(path: str | os.PathLike[str], fd: int) -> bool:
+def claim(fd: int) -> bool:
     """Lock a new tmp and mark it as this process's; False where the file system allows
     neither (the tmp then goes by the age rule alone)."""
     try:
@@ -75,27 +81,31 @@ def owner(path: str | os.PathLike[str]) -> bytes | None:
         return None
 
 
-def take_over(path: str | os.PathLike[str]) -> bool | None:
-    """For a marked tmp: remove it when its writer is gone (True), leave it when the writer
-    still holds it (False). None when the file is not marked (or is gone, or cannot be locked
-    here): the age rule decides. The lock is held while the file is removed, and only the file
-    still standing at the path is removed, so two slimmers never remove each other's tmp."""
-    if owner(path) is None:
+def take_over(d: CaptureDir, name: str) -> bool | None:
+    """For a marked tmp `name` of `d`: remove it when its writer is gone (True), leave it when
+    the writer still holds it (False). None when the file is not a marked regular file (or is
+    gone, or cannot be locked here): the age rule decides. Nothing but a regular file is ever
+    opened for it; the lock is held while the file is removed, and only the file still standing
+    at the name is removed, so two slimmers never remove each other's tmp."""
+    try:
+        fd = d.open_regular(name, os.O_RDWR)
+    except (OSError, PcapslimError):  # gone, not ours to open, or not a regular file
         return None
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
+        held = os.fstat(fd)
+        try:
+            os.getxattr(fd, OWNER_XATTR)
+        except OSError:
+            return None  # not marked, or no extended attributes here
         try:
             if not lock(fd):
                 return False
         except OSError:
             return None
-        held, now = os.fstat(fd), os.lstat(path)
+        now = d.lstat(name)
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
             return False  # replaced meanwhile by a live slimmer: look again later
-        os.unlink(path)
+        d.unlink(name)
         return True
     except FileNotFoundError:
         return None

@@ -17,11 +17,11 @@ READY=1 once watching, keeps the STATUS= line current, pings the watchdog and sa
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .capdir import CaptureDir, Target
 from .eligibility import clean_stale_tmps, is_capture_name, select
 from .errors import DirectoryError
 from .results import STATUS_FAIL, STATUS_MARKED, FileResult, counts
@@ -51,6 +51,7 @@ class Watcher:
         self.notifier = notifier or Notifier({})
         self.results: list[FileResult] = []
         self.scheduler: Scheduler | None = None
+        self._dir: CaptureDir  # held while watching
         self._candidates: set[str] = set()
         self._due: dict[str, float] = {}  # young files: when they come of age (monotonic)
         self._failed: dict[str, tuple[int, int]] = {}  # failed as it is: (mtime, size)
@@ -72,6 +73,10 @@ class Watcher:
         from inotify_simple import flags as f
 
         self.scheduler = scheduler
+        try:
+            self._dir = CaptureDir.open(self.directory)
+        except OSError as e:
+            raise self._cannot_watch(e) from None
         inotify = INotify()
         try:
             with scheduler.signal_wakeups():
@@ -82,13 +87,14 @@ class Watcher:
                     scheduler.finish(on_tick=self._ping)
         finally:
             inotify.close()
+            self._dir.close()
 
     def _watch(self, scheduler: Scheduler, inotify: Any, f: Any) -> None:
         """The loop: rescans, young files coming of age, the watchdog, inotify's events and the
         scheduler's results, until the stop."""
-        try:
+        try:  # the directory held open, not whatever its name leads to by now
             inotify.add_watch(
-                self.directory,
+                f"/proc/self/fd/{self._dir.fd}",
                 f.CLOSE_WRITE | f.MOVED_TO | f.ATTRIB | f.DELETE_SELF | f.MOVE_SELF,
             )
         except OSError as e:
@@ -132,9 +138,8 @@ class Watcher:
     def _rescan(self) -> None:
         """The tmp files of dead slimmers cleaned, every capture of the directory a candidate."""
         try:
-            clean_stale_tmps(self.directory)
-            with os.scandir(self.directory) as it:
-                self._candidates.update(e.name for e in it if is_capture_name(e.name))
+            clean_stale_tmps(self._dir)
+            self._candidates.update(n for n, _ in self._dir.entries() if is_capture_name(n))
         except OSError as e:
             raise self._cannot_watch(e) from None
 
@@ -153,33 +158,39 @@ class Watcher:
         names, self._candidates = self._candidates, set()
         entries = []
         for name in sorted(names):
+            if "/" in name:
+                continue
             path = self.directory / name
             if self.scheduler is not None and self.scheduler.holds(str(path)):
                 continue
             self._due.pop(name, None)
             try:
-                st = os.lstat(path)
+                st = self._dir.lstat(name)
             except FileNotFoundError:
                 continue
             if self._failed.get(name) == (st.st_mtime_ns, st.st_size):
                 continue  # failed as it is now: tried again once it changes
-            entries.append((path, st))
+            entries.append((name, st))
         wall, mono = time.time(), time.monotonic()
-        chosen = select(entries, self.age, wall)
-        for path, due in chosen.due.items():
-            self._due[path.name] = mono + (due - wall)
+        chosen = select(self._dir, self._target, entries, self.age, wall)
+        for name, due in chosen.due.items():
+            self._due[name] = mono + (due - wall)
         assert self.scheduler is not None
         for c in chosen.ready:  # a file still written to comes back when its writer closes it
-            self.scheduler.add(str(c.path), c.mtime_ns)
+            self.scheduler.add(c.target, c.mtime_ns)
+
+    def _target(self, name: str) -> Target:
+        return Target(self.directory, (), name)
 
     def finished(self, result: FileResult) -> None:
         if result.status == STATUS_MARKED:
             return  # another process finished it meanwhile: nothing to say
         self.results.append(result)
         if result.status == STATUS_FAIL:
+            name = Path(result.path).name
             try:
-                st = os.lstat(result.path)
-                self._failed[Path(result.path).name] = (st.st_mtime_ns, st.st_size)
+                st = self._dir.lstat(name)
+                self._failed[name] = (st.st_mtime_ns, st.st_size)
             except OSError:
                 pass
         self.report(result)

@@ -24,6 +24,7 @@ from support.cli import CLI
 from benches.daskcluster import Cluster
 from pcapslim import coordinator as co
 from pcapslim import eligibility, slim_file, synth, tmpowner
+from pcapslim.capdir import CaptureDir
 from pcapslim.run import Options, build_job
 
 
@@ -194,7 +195,7 @@ HOLDER = """
 import os, sys, time
 from pcapslim import tmpowner
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-assert tmpowner.claim(sys.argv[1], fd)
+assert tmpowner.claim(fd)
 os.write(fd, b"half a capture")
 print("held", flush=True)
 time.sleep(600)
@@ -212,7 +213,8 @@ def test_a_locked_tmp_is_busy_and_taken_over_at_once_when_its_writer_dies(tmp_pa
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     os.utime(tmp, (time.time() - 3600, time.time() - 3600))  # old: the age rule would take it
     assert co.slim_in_place(f, co.Job()).status == co.STATUS_BUSY
-    assert eligibility.clean_stale_tmps(tmp_path) == [] and tmp.exists()
+    with CaptureDir.open(tmp_path) as d:
+        assert eligibility.clean_stale_tmps(d) == [] and tmp.exists()
     assert f.read_bytes() == data
     holder.kill()
     holder.wait()

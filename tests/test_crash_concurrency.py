@@ -109,7 +109,7 @@ def test_a_file_gone_between_listing_and_stat_is_passed_over(tmp_path, monkeypat
     """Another slimmer renames its tmp into place (or a capture is removed) after this one
     listed the directory and before it looked at the entry: the entry is passed over, the
     run goes on (it failed the whole directory as unreadable)."""
-    from pcapslim import eligibility
+    from pcapslim import capdir, eligibility
 
     (tmp_path / "keep.pcap").write_bytes(b"x")
     (tmp_path / name).write_bytes(b"y")
@@ -127,7 +127,8 @@ def test_a_file_gone_between_listing_and_stat_is_passed_over(tmp_path, monkeypat
         def __exit__(self, *exc):  # type: ignore[no-untyped-def]
             self.it.close()
 
-    monkeypatch.setattr(eligibility.os, "scandir", Vanishing)
-    assert eligibility.clean_stale_tmps(tmp_path) == []
+    monkeypatch.setattr(capdir.os, "scandir", Vanishing)
+    with capdir.CaptureDir.open(tmp_path) as d:
+        assert eligibility.clean_stale_tmps(d) == []
     (tmp_path / name).write_bytes(b"y")
-    assert eligibility.pending_files(tmp_path, 0) == [tmp_path / "keep.pcap"]
+    assert [t.path for t in eligibility.pending_files(tmp_path, 0)] == [tmp_path / "keep.pcap"]

@@ -29,6 +29,7 @@ from support.cli import CLI, invoke
 
 import pcapslim
 from pcapslim import report, synth
+from pcapslim.capdir import Target
 from pcapslim.errors import UsageError
 from pcapslim.run import Options, build_job, compress_threads
 from pcapslim.shutdown import Shutdown
@@ -345,7 +346,7 @@ class _CancellingPool:
     slots = 2
     strand_seconds = 1.0
 
-    def submit(self, path: str):  # type: ignore[no-untyped-def]
+    def submit(self, target):  # type: ignore[no-untyped-def]
         from concurrent.futures import Future
 
         fut: Future[None] = Future()
@@ -369,7 +370,7 @@ def test_a_file_whose_task_was_cancelled_is_a_failure_not_silence():  # type: ig
     scheduler = Scheduler(_CancellingPool(), Shutdown(), heard.append)
     try:
         for name in ("x.pcap", "y.pcap", "z.pcap"):
-            scheduler.add(name)
+            scheduler.add(Target.of(name))
         scheduler.run()
     finally:
         scheduler.close()

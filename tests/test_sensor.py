@@ -36,6 +36,7 @@ from support.accounts import temporary_account
 from support.cli import CLI
 
 from pcapslim import offsetmap, slim_file, synth
+from pcapslim.capdir import CaptureDir
 from pcapslim.coordinator import slim_in_place
 from pcapslim.inuse import being_written
 from pcapslim.markers import marker_path
@@ -310,12 +311,20 @@ def test_one_shot_dir_leaves_files_open_for_writing_alone(tmp_path):  # type: ig
     assert marked(tmp_path / "open.pcap")
 
 
+def busy(d: Path, *files: Path) -> set[str]:
+    """Which of `files` (of the directory `d`) some process holds open for writing."""
+    with CaptureDir.open(d) as cd:
+        return being_written(cd, [f.name for f in files])
+
+
 def test_open_for_writing_by_lease_and_by_proc(tmp_path):  # type: ignore[no-untyped-def]
     """Root takes a read lease; an account that does not own the file cannot, and looks
     through /proc instead, where it sees its own processes' descriptors."""
     probe = (
-        "import sys\nfrom pathlib import Path\nfrom pcapslim.inuse import being_written\n"
-        "print(sorted(p.name for p in being_written([Path(a) for a in sys.argv[1:]])))"
+        "import sys\nfrom pathlib import Path\nfrom pcapslim.capdir import CaptureDir\n"
+        "from pcapslim.inuse import being_written\n"
+        "with CaptureDir.open(Path(sys.argv[1])) as d:\n"
+        "    print(sorted(being_written(d, sys.argv[2:])))"
     )
     with temporary_account() as acct:
         d = acct.directory()
@@ -324,7 +333,7 @@ def test_open_for_writing_by_lease_and_by_proc(tmp_path):  # type: ignore[no-unt
             for f in (idle, held):
                 f.write_bytes(capture())
                 os.chmod(f, 0o666)  # root's files, writable by the account
-            assert being_written([idle, held]) == set()
+            assert busy(d, idle, held) == set()
             writer = subprocess.Popen(
                 acct.command(sys.executable, "-c",
                              "import sys,time\nf=open(sys.argv[1],'ab')\nprint('ok',flush=True)\n"
@@ -332,9 +341,9 @@ def test_open_for_writing_by_lease_and_by_proc(tmp_path):  # type: ignore[no-unt
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert writer.stdout is not None and writer.stdout.readline().strip() == "ok"
-            assert being_written([idle, held]) == {held}  # root: the lease
+            assert busy(d, idle, held) == {"held.pcap"}  # root: the lease
             as_account = subprocess.run(
-                acct.command(sys.executable, "-c", probe, str(idle), str(held)),
+                acct.command(sys.executable, "-c", probe, str(d), idle.name, held.name),
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert as_account.returncode == 0, as_account.stderr
@@ -343,7 +352,7 @@ def test_open_for_writing_by_lease_and_by_proc(tmp_path):  # type: ignore[no-unt
             writer.stdin.close()
             writer.wait(timeout=30)
             writer.stdout.close()
-            assert being_written([idle, held]) == set()
+            assert busy(d, idle, held) == set()
         finally:
             shutil.rmtree(d)
 
