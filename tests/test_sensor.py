@@ -204,7 +204,7 @@ def test_a_watcher_takes_every_file_present_at_start_without_waiting_for_a_resca
     assert all_marked, [n for n in files if not marked(watched / n)]
     assert rc == 0, err
     print(f"workers {workers}: one-shot run {one_shot:.2f} s, watcher {took:.2f} s for 12 files")
-    assert took <= one_shot + 2.0, (took, one_shot)
+    # A stall waits for the next rescan (an hour here), so `all_marked` within 60 s shows it gone.
     for name, data in files.items():
         assert (watched / name).read_bytes() == naive.slim_bytes(data).data
     assert [x["status"] for x in lines if "file" in x] == ["ok"] * 12
