@@ -231,6 +231,7 @@ class PendingMap:
         os.fsync(self._fh.fileno())
         self._fh.close()
         self._markers.rename(self.tmp, self.final)
+        os.fsync(self._markers.fd)  # the map's name on disk before the marker can be
         self.committed = True
 
     def discard(self) -> None:
