@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benches.floors import read_floor, unlink_floor, write_floor
+from benches.floors import unlink_floor, write_floor
 from benches.gen_capture import cached, ensure
 
 HERE = Path(__file__).parent
@@ -40,7 +40,7 @@ DATA = HERE / "data"
 DEFAULT_BUDGETS = HERE / "budgets.toml"
 KINDS = ("startup", "single", "dir", "cold", "scaling")
 SAMPLE = HERE.parent / "samples" / "loopback_mixed.pcap"  # input = "sample"
-FLOOR_PARTS = ("read", "write", "unlink", "decompress", "compress")
+FLOOR_PARTS = ("read", "write", "unlink", "decompress", "compress", "inplace", "startup")
 # the command-line tools a compressed scenario's floor uses, at the levels pcapslim uses
 CODEC_TOOLS = {
     "zstd": (["zstd", "-q", "-3", "-c"], ["zstd", "-dqc"], ".zst"),
@@ -239,16 +239,31 @@ def _fresh_inputs(s: Scenario, work: Path) -> list[Path]:
     return copies
 
 
-def _peak_rss(pid: int, stop: threading.Event, out: list[int]) -> None:
-    import psutil
+def _communicate(proc: subprocess.Popen[str]) -> tuple[str, str, int]:
+    """(stdout, stderr, peak resident bytes) of a process, once it has ended. The peak is the
+    kernel's high-water mark of the process's memory (VmHWM, which counts the mapped pages of
+    files), read every 10 ms until the process ends: unlike sampling the resident size it
+    misses no peak but one in a run's last 10 ms, and unlike wait4's ru_maxrss it does not
+    start from the size of the process that forked it."""
+    hwm = [0]
 
-    try:
-        proc = psutil.Process(pid)
-        while not stop.is_set():
-            out[0] = max(out[0], proc.memory_info().rss)
-            time.sleep(0.005)
-    except psutil.Error:
-        pass
+    def watch() -> None:
+        status = f"/proc/{proc.pid}/status"
+        while proc.returncode is None:
+            try:
+                with open(status) as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            hwm[0] = max(hwm[0], int(line.split()[1]) * 1024)
+            except (OSError, ValueError):
+                break
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    watcher.join()
+    return out, err, hwm[0]
 
 
 def _run_once(
@@ -269,17 +284,12 @@ def _run_once(
         if s.kind == "cold":
             cache = tempfile.mkdtemp(prefix="pcapslim-cold-")
             env["NUMBA_CACHE_DIR"] = cache
-    stop, peak = threading.Event(), [0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
     )
-    watcher = threading.Thread(target=_peak_rss, args=(proc.pid, stop, peak), daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
+    out, err, rss = _communicate(proc)
     wall = time.perf_counter() - t0
-    stop.set()
-    watcher.join()
     if cache:
         shutil.rmtree(cache, ignore_errors=True)
     if proc.returncode != 0:
@@ -288,7 +298,7 @@ def _run_once(
     if s.kind != "startup":
         doc = json.loads(out)
         out_bytes = sum(f.get("out_bytes", 0) for f in doc["files"])
-    return wall, peak[0], out_bytes
+    return wall, rss, out_bytes
 
 
 def _floor_median(s: Scenario, out_bytes: int, work: Path, times: int) -> float:
@@ -301,13 +311,21 @@ def _floor(s: Scenario, out_bytes: int, work: Path) -> float:
     inputs = _fresh_inputs(s, work)
     total = 0.0
     parts = s.floor.split("+")
-    if "read" in parts:
-        total += sum(read_floor(p, repeat=1) for p in inputs)
+    if "read" in parts:  # one process reads every file once
+        total += _tool_seconds(["cat", *map(str, inputs)], None)
     if "write" in parts:
         total += write_floor(out_bytes, work, repeat=1)
     if "unlink" in parts:
         per_file = unlink_floor(inputs[0], work, repeat=1)
         total += per_file * len(inputs)
+    if "inplace" in parts:  # benches/inplace_floor.py: the I/O of SPEC §5 alone, whole process
+        in_bytes = sum(p.stat().st_size for p in inputs)
+        workers = s.args[s.args.index("--workers") + 1] if "--workers" in s.args else "1"
+        argv = [sys.executable, "-m", "benches.inplace_floor", "--workers", workers, "--ratio",
+                str(out_bytes / max(in_bytes, 1)), *map(str, inputs)]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, cwd=Path(__file__).resolve().parent.parent)
+        total += time.perf_counter() - t0
     if "decompress" in parts or "compress" in parts:
         packer, unpacker, _ = CODEC_TOOLS[s.compress]
         if "decompress" in parts:  # the input, to nowhere
@@ -347,6 +365,8 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
         startup = _startup_floor(ours, s, work, repeat) if s.beyond_startup else None
         out_bytes = runs[-1][2]
         floor = _floor_median(s, out_bytes, work, min(repeat, FLOOR_REPEAT)) if s.floor else None
+        if floor is not None and "startup" in s.floor.split("+"):
+            floor += _startup_floor(ours, s, work, repeat)  # the command on an empty directory
         size = 0
         if s.kind != "startup":
             files = s.files if s.kind in ("dir", "scaling") else 1

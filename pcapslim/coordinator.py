@@ -26,7 +26,7 @@ from pathlib import Path
 from . import tmpowner
 from .capdir import CaptureDir, Target, check_regular
 from .eligibility import STALE_TMP_SECONDS, tmp_name, tmp_path
-from .engine import process
+from .engine import VERIFY_WINDOW_BYTES, WINDOW_BYTES, process
 from .errors import (
     Abandoned,
     PcapslimError,
@@ -35,6 +35,7 @@ from .errors import (
     VerificationError,
 )
 from .follow import Growing
+from .helpers import helper
 from .markers import MarkerDir, PendingMap, marker_path
 from .results import (
     STATUS_ABANDONED,
@@ -62,6 +63,8 @@ class Job:
     cpu: CpuThrottle | None = None
     shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
     compress_threads: int = 0  # zstd worker threads beside the slimming ones
+    window_bytes: int = WINDOW_BYTES  # input bytes per window (engine.window_for)
+    map_ahead: bool = True  # a mapped file's next window mapped in on a helper thread
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -220,6 +223,8 @@ def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
         None,
         on_progress=acct,
         use_mmap=job.use_mmap,
+        window_bytes=job.window_bytes,
+        map_ahead=job.map_ahead,
         rules=job.options.rules,
         compress_level=job.options.compress_level,
         compress_threads=job.compress_threads,
@@ -281,6 +286,8 @@ def _slim_in_place(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult
             sink,
             on_progress=_Accounting(name, job),
             use_mmap=job.use_mmap,
+            window_bytes=job.window_bytes,
+            map_ahead=job.map_ahead,
             rules=job.options.rules,
             offsets=offsets.writer if offsets is not None else None,
             compress_level=job.options.compress_level,
@@ -337,7 +344,7 @@ def _slim_in_place(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult
     try:
         markers = MarkerDir.make(d)
         try:
-            markers.write(base)
+            markers.write(base, durable=job.options.offset_map)
         finally:
             markers.close()
     except (OSError, PcapslimError) as e:
@@ -366,8 +373,7 @@ class _Trailing:
         self._fd = read_fd
         self._result: SlimStats | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="pcapslim-verify", daemon=True)
-        self._thread.start()
+        self._done = helper("verify").submit(self._run)
 
     def _run(self) -> None:
         try:
@@ -383,6 +389,7 @@ class _Trailing:
             None,
             on_progress=_Accounting(str(self._path), self._job, report=False),
             use_mmap=follow is None and self._job.use_mmap,
+            window_bytes=VERIFY_WINDOW_BYTES,
             decide=False,
             rules=self._job.options.rules,
             follow=follow,
@@ -391,7 +398,7 @@ class _Trailing:
     def result(self) -> SlimStats:
         """The writer is done: what the re-read found (its error, raised here)."""
         self.growing.done()
-        self._thread.join()
+        self._done.result()
         try:
             if self.growing.generation:
                 return self._count(None)
@@ -405,7 +412,7 @@ class _Trailing:
     def abandon(self) -> None:
         """No result is wanted; the re-read ends. Safe after `result`, and twice."""
         self.growing.done()
-        self._thread.join()
+        self._done.result()
         self._close()
 
     def _close(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -49,13 +49,21 @@ from .constants import (
 from .errors import CorruptCaptureError, PcapslimError
 from .follow import Growing
 from .formats import CaptureFormat, detect_format
+from .helpers import helper, kept
 from .kernelset import KernelSet, active
 from .offsetmap import OffsetMapWriter
 from .sinks import CompressedSink, FdSink, Sink
 from .source import Source, open_source
 from .stats import SlimStats
 
-WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call
+WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call, at most
+# Every window in flight is resident (mapped pages count in a process's resident size): one
+# file checked holds two (the current one and the one mapped ahead), one slimmed three (the
+# copy stage reads the one before) plus its output and the re-read of its tmp. The window of a
+# run is what keeps those under RESIDENT_WINDOWS_BYTES whatever the files' sizes.
+RESIDENT_WINDOWS_BYTES = 20 << 20
+MIN_WINDOW_BYTES = 1 << 20
+VERIFY_WINDOW_BYTES = 2 << 20  # the re-read of a tmp only counts its records
 MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
 SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
@@ -142,6 +150,13 @@ def _count(
             stats.linktypes[str(v)] = stats.linktypes.get(str(v), 0) + c
 
 
+def window_for(in_place: bool, concurrency: int) -> int:
+    """The window of a run that slims (or only checks) `concurrency` files at once."""
+    per_file = RESIDENT_WINDOWS_BYTES // max(1, concurrency)
+    window = per_file // (5 if in_place else 2)
+    return max(MIN_WINDOW_BYTES, min(WINDOW_BYTES, window - window % (1 << 20)))
+
+
 def process(
     path: str,
     fd: int,
@@ -149,6 +164,7 @@ def process(
     *,
     on_progress: ProgressCallback | None = None,
     use_mmap: bool = True,
+    map_ahead: bool = True,
     window_bytes: int = WINDOW_BYTES,
     max_records: int = MAX_RECORDS,
     decide: bool = True,
@@ -198,7 +214,8 @@ def process(
     out: CompressedSink | None = None
     inline: list[int] = []  # output offsets of section lengths to set on the way
     while True:
-        with open_source(fd, use_mmap, window_bytes, path, follow) as src:
+        with open_source(fd, use_mmap, window_bytes, path, follow, map_ahead) as src:
+            src.behind = 1 if sink is not None else 0  # the copy stage reads the window before
             stats.in_bytes = src.disk_size
             stats.compression = src.codec
             head_buf, _, h0, h1 = src.window(0, 24)
@@ -259,10 +276,14 @@ class _CopyStage:
         self.sink = sink
         self.pcapng = pcapng
         self.window_bytes = window_bytes
-        self.recs = [np.zeros((max_records, N_FIELDS), dtype=np.int64) for _ in range(2)]
-        self.outs: list[Bytes] = [np.empty(0, dtype=np.uint8) for _ in range(2)]
+        # two record tables and two output buffers, this thread's for every file it takes
+        self.recs: list[npt.NDArray[np.int64]] = kept(
+            ("records", max_records),
+            lambda: [np.zeros((max_records, N_FIELDS), dtype=np.int64) for _ in range(2)],
+        )
+        self.outs: list[Bytes] = kept("outputs", lambda: [np.empty(0, dtype=np.uint8)] * 2)
         self.submitted = 0
-        self._pool = ThreadPoolExecutor(1, "pcapslim-copy") if pipelined and sink else None
+        self._pool = helper("copy") if pipelined and sink else None
         self._pending: Future[None] | None = None
         self._pending_buf: Bytes | None = None  # the input the job in flight reads
 
@@ -325,11 +346,7 @@ class _CopyStage:
             pending.result()
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+        self.wait()
 
 
 @dataclass

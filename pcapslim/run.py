@@ -118,8 +118,11 @@ def build_job(
     (the options' workers here, a Dask worker's threads there); `stop` is the run's stop,
     the options' own when not given."""
     from .coordinator import Job
+    from .engine import window_for
+    from .markers import forget_owner
     from .throttle import throttles
 
+    forget_owner()  # the marker account as it is when the run starts
     stop = stop or options.stop or Shutdown()
     at_once = concurrency or options.workers
     io, cpu = throttles(
@@ -136,6 +139,9 @@ def build_job(
         cpu=cpu,
         shutdown=stop,
         compress_threads=compress_threads(cpu is not None, at_once),
+        window_bytes=window_for(not (options.check_only or options.dry_run), at_once),
+        # the helper pays where a core is free for it; beside another file it costs more
+        map_ahead=(os.cpu_count() or 1) > at_once,
     )
 
 

@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -17,6 +17,7 @@ import numpy as np
 from .capdir import check_regular
 from .compression import Decompressor, detect
 from .follow import Growing
+from .helpers import helper
 from .pagecache import populate
 
 if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
@@ -51,6 +52,8 @@ class Source:
     stable_windows: bool = False
     # called with a buffer before it is refilled: whoever may still read it waits for that
     before_refill: Callable[[Bytes], None] | None = None
+    # windows before the current one that may still be read (a mapping keeps their pages)
+    behind: int = 1
 
     def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
         """(buf, base, start, end): buf[start:end] holds capture bytes [base+start, base+end),
@@ -81,19 +84,28 @@ class Source:
         self.close()
 
 
+POPULATE_STEP = 1 << 20  # the helper maps a window in in steps of this many bytes
+
+
 class MappedSource(Source):
     """The whole file mapped read-only; windows are views, nothing is copied.
 
     Mapping the pages of a file costs about as much as the index pass over them (0.04 s per GiB
     here). A helper thread maps each next window in while the current one is indexed, so the
-    index pass finds its pages mapped."""
+    index pass finds its pages mapped. Behind the window before the current one (which the copy
+    stage may still read) the pages are unmapped again (MADV_DONTNEED: they stay in the page
+    cache, and a later read of them maps them back in), so the process's resident size stays
+    a few windows whatever the file's size."""
 
     stable_windows = True
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, ahead: bool = True) -> None:
         self.size = self.disk_size = os.fstat(fd).st_size
         self._map: mmap.mmap | None = None
         self._ahead: _Populator | None = None
+        self._map_ahead = ahead  # a core to spare for mapping the next window in
+        self._last = 0  # where the window before this one began (`behind` 1)
+        self._released = 0  # [0, released) is unmapped
         if self.size:
             self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ)
             self._map.madvise(mmap.MADV_SEQUENTIAL)
@@ -103,11 +115,22 @@ class MappedSource(Source):
 
     def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
         stop = min(pos + want, self.size)
-        if stop < self.size:  # more than this window to go: map the next one meanwhile
+        self._release(min(self._last, pos) if self.behind else pos)
+        self._last = pos
+        if stop < self.size and self._map_ahead:  # more to go: map the next window meanwhile
             if self._ahead is None:
                 self._ahead = _Populator(self._arr.ctypes.data, stop)
+            self._ahead.floor = stop
             self._ahead.request(min(stop + want, self.size))
         return self._arr, 0, pos, stop
+
+    def _release(self, upto: int) -> None:
+        end = upto - upto % mmap.PAGESIZE
+        if self._map is not None and end > self._released:
+            # from a step before: the helper may have been mapping one in as the reader passed
+            start = max(0, self._released - POPULATE_STEP)
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+            self._released = end
 
     def at_end(self, pos: int) -> bool:
         return pos >= self.size
@@ -120,27 +143,39 @@ class MappedSource(Source):
         if self._map is not None:
             try:
                 self._map.close()
-            except BufferError:  # a caller still holds a view; the mapping goes with it
-                pass
+            except BufferError:  # a caller still holds a view; the mapping goes with it, and
+                self._map.madvise(mmap.MADV_DONTNEED)  # holds no pages meanwhile
             self._map = None
 
 
 class _Populator:
-    """Maps ranges of a mapping in, in order, on one helper thread."""
+    """Maps ranges of a mapping in, in order, on one helper thread; never below `floor` (what
+    the reader has passed already: a helper running late does not map it in again)."""
 
     def __init__(self, address: int, start: int) -> None:
         self._address = address
         self._requested = start  # [start, requested) is mapped or queued
-        self._pool = ThreadPoolExecutor(1, "pcapslim-map")
+        self.floor = 0
+        self._last: Future[None] | None = None  # the jobs run in order: the last one ends last
 
     def request(self, upto: int) -> None:
         if upto > self._requested:
             start, self._requested = self._requested, upto
-            self._pool.submit(populate, self._address + start, upto - start)
+            self._last = helper("map").submit(self._populate, start, upto)
+
+    def _populate(self, start: int, end: int) -> None:
+        # in steps, each above the floor as it is then: a range the reader passes meanwhile is
+        # not mapped in behind it (it would stay resident)
+        for at in range(start, end, POPULATE_STEP):
+            lo = max(at, self.floor)
+            hi = min(at + POPULATE_STEP, end)
+            if hi > lo:
+                populate(self._address + lo, hi - lo)
 
     def close(self) -> None:
         """Wait for the helper: the mapping must outlive every range it maps."""
-        self._pool.shutdown(wait=True)
+        if self._last is not None:
+            self._last.result()
 
 
 class StreamSource(Source):
@@ -399,7 +434,12 @@ class DecompressedSource(PrefetchSource):
 
 
 def open_source(
-    fd: int, use_mmap: bool, capacity: int, path: str = "", follow: Growing | None = None
+    fd: int,
+    use_mmap: bool,
+    capacity: int,
+    path: str = "",
+    follow: Growing | None = None,
+    map_ahead: bool = True,
 ) -> Source:
     """A compressed file (by its magic bytes) is always read as a stream; a plain one is
     mapped, or read in a stream when use_mmap is false. With `follow`, the file is still being
@@ -410,5 +450,5 @@ def open_source(
     if codec is not None:
         return DecompressedSource(fd, codec, capacity, path, follow)
     if use_mmap and follow is None:
-        return MappedSource(fd)
+        return MappedSource(fd, map_ahead)
     return buffered_source(fd, capacity, follow)

@@ -22,6 +22,7 @@ from support import (
     capture,
     expected_slim,
     listing,
+    tls_frame,
     tmps,
     wait_for,
 )
@@ -391,3 +392,38 @@ def test_an_unwritable_metrics_file_is_an_error_before_anything_is_touched(tmp_p
         "or directory); nothing was touched"
     )
     assert listing(tmp_path) == before
+
+
+HELPER_KINDS = ("pcapslim-copy", "pcapslim-map", "pcapslim-verify")
+
+
+def _helpers() -> set[int]:
+    return {t.native_id or 0 for t in threading.enumerate() if t.name.startswith(HELPER_KINDS)}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_helper_threads_serve_every_file_of_a_worker_and_end_with_the_run(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch, workers
+):
+    """A file's helpers (mapping ahead, copying, re-reading the tmp) are the threads its worker
+    used for the files before: 16 files start at most 3 helper threads per worker, not 3 per
+    file, and none is left once the run is over."""
+    for i in range(16):
+        f = tmp_path / f"f{i:02d}.pcap"
+        f.write_bytes(capture(40 + i, 3, tls=tls_frame(900)))
+        age(f, 3600 - i)
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        if self.name.startswith(HELPER_KINDS):
+            started.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    before = _helpers()  # the helpers of this thread, if earlier tests slimmed files in it
+    results = pcapslim.slim_dir(tmp_path, Options(workers=workers, mmap=True))
+    assert [r.status for r in results] == ["ok"] * 16
+    print(f"--workers {workers}: {len(started)} helper threads started for 16 files")
+    assert 0 < len(started) <= 3 * workers, started
+    assert wait_for(lambda: _helpers() <= before, 10), [t.name for t in threading.enumerate()]

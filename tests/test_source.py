@@ -157,3 +157,42 @@ def test_compressed_window_and_budget_never_change_the_output(tmp_path, codec, w
     )
     assert unpacked == expected.data
     assert st.in_pkts == expected.packets and st.tail_bytes == expected.tail
+
+
+def _mapped_rss(address: int) -> int:
+    """Resident bytes of the mapping that holds `address` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping holds the address")
+
+
+def test_a_mapped_file_keeps_only_a_few_windows_resident(tmp_path):  # type: ignore[no-untyped-def]
+    """Read window by window to the end of a 96 MiB file, the mapping holds no more than the
+    window before the current one, the current one and the one mapped ahead: the pages behind
+    are unmapped (still in the page cache), and reading them again gives the same bytes."""
+    window = 4 << 20
+    f = tmp_path / "big"
+    data = np.random.default_rng(5).integers(0, 256, 96 << 20, dtype=np.uint8)
+    f.write_bytes(data.tobytes())
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with open_source(fd, True, window) as src:
+            pos, peak = 0, 0
+            while not src.at_end(pos):
+                buf, base, start, end = src.window(pos, window)
+                assert np.array_equal(buf[start:end], data[base + start : base + end])
+                peak = max(peak, _mapped_rss(buf.ctypes.data))
+                pos = base + end
+            print(f"peak resident of the mapping: {peak / 2**20:.1f} MiB of 96 MiB")
+            assert peak <= 3 * window + (1 << 20), peak
+            buf, base, start, end = src.window(0, window)  # behind: mapped back in on reading
+            assert np.array_equal(buf[:window], data[:window])
+    finally:
+        os.close(fd)
