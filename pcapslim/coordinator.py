@@ -26,7 +26,7 @@ from pathlib import Path
 from . import tmpowner
 from .capdir import CaptureDir, Target, check_regular
 from .eligibility import STALE_TMP_SECONDS, tmp_name, tmp_path
-from .engine import VERIFY_WINDOW_BYTES, WINDOW_BYTES, process
+from .engine import VERIFY_MAX_RECORDS, VERIFY_WINDOW_BYTES, WINDOW_BYTES, process
 from .errors import (
     Abandoned,
     PcapslimError,
@@ -390,6 +390,7 @@ class _Trailing:
             on_progress=_Accounting(str(self._path), self._job, report=False),
             use_mmap=follow is None and self._job.use_mmap,
             window_bytes=VERIFY_WINDOW_BYTES,
+            max_records=VERIFY_MAX_RECORDS,
             decide=False,
             rules=self._job.options.rules,
             follow=follow,

@@ -61,9 +61,10 @@ WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call, at most
 # file checked holds two (the current one and the one mapped ahead), one slimmed three (the
 # copy stage reads the one before) plus its output and the re-read of its tmp. The window of a
 # run is what keeps those under RESIDENT_WINDOWS_BYTES whatever the files' sizes.
-RESIDENT_WINDOWS_BYTES = 20 << 20
+RESIDENT_WINDOWS_BYTES = 12 << 20
 MIN_WINDOW_BYTES = 1 << 20
-VERIFY_WINDOW_BYTES = 2 << 20  # the re-read of a tmp only counts its records
+VERIFY_WINDOW_BYTES = 1 << 20  # the re-read of a tmp only counts its records: small windows
+VERIFY_MAX_RECORDS = 1 << 12  # and small record tables
 MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
 SECTION_LEN_OFF = 16  # offset of the section length inside a section header block
 UNSPECIFIED_SECTION_LEN = b"\xff" * 8  # -1 in either byte order
