@@ -37,6 +37,7 @@ def populate(address: int, length: int) -> bool:
     """Map the pages of [address, address + length) of a readable mapping; False when the
     kernel cannot (then the pages come in on first touch, as without the hint)."""
     fn = _call("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
+    address, length = int(address), int(length)  # ctypes takes no NumPy integers
     start = address & ~(PAGE - 1)
     return fn is not None and fn(start, length + (address - start), MADV_POPULATE_READ) == 0
 
@@ -44,4 +45,4 @@ def populate(address: int, length: int) -> bool:
 def start_writeback(fd: int, offset: int, count: int) -> bool:
     """Start writing [offset, offset + count) of fd to the disk without waiting for it."""
     fn = _call("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint))
-    return fn is not None and fn(fd, offset, count, SYNC_FILE_RANGE_WRITE) == 0
+    return fn is not None and fn(fd, int(offset), int(count), SYNC_FILE_RANGE_WRITE) == 0

@@ -125,6 +125,7 @@ class MappedSource(Source):
         return self._arr, 0, pos, stop
 
     def _release(self, upto: int) -> None:
+        upto = int(upto)
         end = upto - upto % mmap.PAGESIZE
         if self._map is not None and end > self._released:
             # from a step before: the helper may have been mapping one in as the reader passed
