@@ -42,3 +42,12 @@ def kept(key: Hashable, make: Callable[[], T]) -> T:
     if key not in values:
         values[key] = make()
     return cast(T, values[key])
+
+
+def release() -> None:
+    """End the calling thread's helpers and drop its scratch space (a worker thread, as it
+    ends: its helpers are gone when it is)."""
+    pools: dict[str, ThreadPoolExecutor] = getattr(_local, "pools", None) or {}
+    _local.pools, _local.kept = {}, {}
+    for pool in pools.values():
+        pool.shutdown(wait=True)

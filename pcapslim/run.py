@@ -197,17 +197,21 @@ class LocalPool:
 
     def _work(self) -> None:
         from .coordinator import slim_in_place
+        from .helpers import release
 
-        while (item := self._inbox.get()) is not None:
-            target, fut = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                stop = self.job.shutdown
-                taken = stop is None or not stop.requested
-                fut.set_result(slim_in_place(target, self.job) if taken else None)
-            except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
-                fut.set_exception(e)
+        try:
+            while (item := self._inbox.get()) is not None:
+                target, fut = item
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    stop = self.job.shutdown
+                    taken = stop is None or not stop.requested
+                    fut.set_result(slim_in_place(target, self.job) if taken else None)
+                except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
+                    fut.set_exception(e)
+        finally:
+            release()  # this thread's helpers end with it
 
     def stopping(self, why: str, abandon: bool) -> None:
         pass  # the job shares the run's stop
