@@ -80,6 +80,7 @@ def ssh_conversation(port_label: str = "ssh") -> list[tuple[str, bytes]]:
     lock = threading.Lock()
 
     def relay(src: socket.socket, dst: socket.socket, side: str) -> None:
+        banner = True  # the version line goes in a segment of its own, as OpenSSH sends it
         while True:
             try:
                 data = src.recv(65536)
@@ -88,7 +89,13 @@ def ssh_conversation(port_label: str = "ssh") -> list[tuple[str, bytes]]:
             if not data:
                 break
             with lock:
-                sent.append((side, data))
+                end = data.find(b"\r\n") + 2 if banner else 0
+                if banner and 2 <= end < len(data):  # a loaded machine joined it to KEXINIT
+                    sent.append((side, data[:end]))
+                    sent.append((side, data[end:]))
+                else:
+                    sent.append((side, data))
+                banner = banner and end < 2
             try:
                 dst.sendall(data)
             except OSError:
