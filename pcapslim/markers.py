@@ -187,7 +187,7 @@ class MarkerDir:
             raise
         return fd
 
-    def write(self, name: str, durable: bool = True) -> None:
+    def write(self, name: str, durable: bool) -> None:
         """The marker of `name` (an empty file: only its directory entry matters), its entry
         made durable when asked. A marker lost to a power cut only has its capture slimmed
         again, to the same bytes; with an offset map it must not be lost (a second slimming
@@ -214,15 +214,6 @@ def is_marked(d: CaptureDir, name: str) -> bool:
         return False
     try:
         return m.is_marked(name)
-    finally:
-        m.close()
-
-
-def write_marker(d: CaptureDir, name: str) -> None:
-    """D/.slim_markers/name: directory 0755, file 0644, sensor:sensor when that user exists."""
-    m = MarkerDir.make(d)
-    try:
-        m.write(name)
     finally:
         m.close()
 
