@@ -71,6 +71,17 @@ class Job:
 def slim_in_place(target: Target | Path, job: Job) -> FileResult:
     """Run the contract of SPEC §5 on one file (a Path: a file of the operator's directory);
     never raises for a per-file problem."""
+    started = start_in_place(target, job)
+    return started if isinstance(started, FileResult) else started.finish()
+
+
+def start_in_place(target: Target | Path, job: Job) -> FileResult | Commit:
+    """Steps 1 to 3 of SPEC §5: up to the slim copy written (its re-read may still be running).
+    What is left (the checks, the carry-over and its fsync, the rename, the directory's fsync,
+    the marker) is the returned Commit's, whose `finish` must be called, on any thread: a
+    worker hands it over and takes its next file meanwhile. A file that is done already (only
+    checked, marked, busy, failed) has its result instead. Never raises for a per-file
+    problem."""
     if not isinstance(target, Target):
         target = Target.of(target)
     path = target.path
@@ -79,10 +90,13 @@ def slim_in_place(target: Target | Path, job: Job) -> FileResult:
         d = CaptureDir.open(target.root, target.parts)
     except OSError as e:
         return FileResult(name, STATUS_FAIL, error=_missing(path, e))
+    started: FileResult | Commit | None = None
     try:
-        return _slim_in(d, target.name, path, job)
+        started = _start_in(d, target.name, path, job)
+        return started
     finally:
-        d.close()
+        if not isinstance(started, Commit):  # the commit closes the directory when it ends
+            d.close()
 
 
 def _missing(path: Path, e: OSError) -> str:
@@ -93,7 +107,7 @@ def _missing(path: Path, e: OSError) -> str:
     return _os_message(path, e)
 
 
-def _slim_in(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult:
+def _start_in(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult | Commit:
     name = str(path)
     try:
         st = d.lstat(base)
@@ -116,20 +130,27 @@ def _slim_in(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult:
                 )
             finally:
                 os.close(fd)
-        return _slim_in_place(d, base, path, job)
-    except Abandoned as e:
+        return Commit.start(d, base, path, job)
+    except Exception as e:
+        return _failed(path, e)
+
+
+def _failed(path: Path, e: Exception) -> FileResult:
+    """The result of a file whose transaction raised `e` (the original untouched)."""
+    name = str(path)
+    if isinstance(e, Abandoned):
         return FileResult(name, STATUS_ABANDONED, error=str(e))
-    except PcapslimError as e:
+    if isinstance(e, PcapslimError):
         return FileResult(name, STATUS_FAIL, error=str(e))
-    except OSError as e:
+    if isinstance(e, OSError):
         return FileResult(name, STATUS_FAIL, error=_os_message(path, e))
-    except Exception as e:  # a bug must not stop the other files of the run
-        return FileResult(
-            name,
-            STATUS_FAIL,
-            error=f"{path}: internal error {type(e).__name__}: {e}; the original is untouched "
-            "(please report this)",
-        )
+    # a bug must not stop the other files of the run
+    return FileResult(
+        name,
+        STATUS_FAIL,
+        error=f"{path}: internal error {type(e).__name__}: {e}; the original is untouched "
+        "(please report this)",
+    )
 
 
 def _reopen_for_reading(fd: int, d: CaptureDir, tmp: str) -> int:
@@ -263,99 +284,154 @@ def drain() -> None:
     _releaser.drain()
 
 
-def _slim_in_place(d: CaptureDir, base: str, path: Path, job: Job) -> FileResult:
-    name = str(path)
-    tmp = tmp_name(base)
-    tmp_fd = _create_tmp(d, base, path, job.clock)  # before the source is read (SPEC §5 step 2)
-    if tmp_fd is None:
-        return FileResult(name, STATUS_BUSY)
-    tmp_gone = False
-    src_fd = -1
-    offsets: PendingMap | None = None
-    trailing: _Trailing | None = None
-    try:
-        src_fd = d.open_read(base)
-        before = os.fstat(src_fd)
-        if job.options.offset_map:
-            offsets = PendingMap(d, base)
-        trailing = _Trailing(path, _reopen_for_reading(tmp_fd, d, tmp), job)
-        sink = ThrottledSink(tmp_fd, job.io, trailing.growing)
-        stats = process(
-            name,
-            src_fd,
-            sink,
-            on_progress=_Accounting(name, job),
-            use_mmap=job.use_mmap,
-            window_bytes=job.window_bytes,
-            map_ahead=job.map_ahead,
-            rules=job.options.rules,
-            offsets=offsets.writer if offsets is not None else None,
-            compress_level=job.options.compress_level,
-            compress_threads=job.compress_threads,
-        )
-        if stats.truncated == 0 and stats.out_bytes_uncompressed == stats.in_bytes_uncompressed:
-            # nothing to cut (already slim, or nothing encrypted): the copy would equal the
-            # original, which stays as it is; only the marker is written
-            stats.out_bytes = stats.in_bytes
-            trailing.abandon()
-            trailing = None
-            _not_abandoned(job, name)
-            _check_unchanged(d, base, path, before)
-            d.unlink(tmp)
-            tmp_gone = True
-            if offsets is not None:
-                offsets.commit()
-            os.close(src_fd)
-            src_fd = -1
-        else:
-            verifying, trailing = trailing, None
-            check = verifying.result()
-            _verify(path, check, stats, os.fstat(tmp_fd).st_size)
-            _carry_over(tmp_fd, before)
-            _not_abandoned(job, name)
-            _check_unchanged(d, base, path, before)
-            if offsets is not None:
-                offsets.commit()
-            # 6. atomic rename, directory fsync
-            d.rename(tmp, base)
-            tmp_gone = True
-            d.fsync()
-    except BaseException:
-        if trailing is not None:
-            trailing.abandon()
-        if offsets is not None and not tmp_gone:
-            offsets.discard()
-            offsets = None
-        if not tmp_gone:
+class Commit:
+    """One file's transaction between its slim copy written (steps 1 to 3 of SPEC §5, done by
+    `start`) and its end (`finish`: the rest of it, then the directory is let go of)."""
+
+    before: os.stat_result  # the original's, as `start` opened it
+
+    def __init__(self, d: CaptureDir, base: str, path: Path, job: Job, tmp_fd: int) -> None:
+        self.d, self.base, self.path, self.job = d, base, path, job
+        self.tmp_fd = tmp_fd
+        self.tmp_gone = False
+        self.src_fd = -1
+        self.offsets: PendingMap | None = None
+        self.trailing: _Trailing | None = None
+        self.stats = SlimStats(str(path))
+
+    @classmethod
+    def start(cls, d: CaptureDir, base: str, path: Path, job: Job) -> FileResult | Commit:
+        name = str(path)
+        tmp_fd = _create_tmp(d, base, path, job.clock)  # before the source is read (step 2)
+        if tmp_fd is None:
+            return FileResult(name, STATUS_BUSY)
+        self = cls(d, base, path, job, tmp_fd)
+        try:
+            self.src_fd = d.open_read(base)
+            self.before = os.fstat(self.src_fd)
+            if job.options.offset_map:
+                self.offsets = PendingMap(d, base)
+            self.trailing = _Trailing(path, _reopen_for_reading(tmp_fd, d, tmp_name(base)), job)
+            self.stats = process(
+                name,
+                self.src_fd,
+                ThrottledSink(tmp_fd, job.io, self.trailing.growing),
+                on_progress=_Accounting(name, job),
+                use_mmap=job.use_mmap,
+                window_bytes=job.window_bytes,
+                map_ahead=job.map_ahead,
+                rules=job.options.rules,
+                offsets=self.offsets.writer if self.offsets is not None else None,
+                compress_level=job.options.compress_level,
+                compress_threads=job.compress_threads,
+            )
+            self.trailing.growing.done()  # the re-read ends at what was written
+        except BaseException:
+            self._undo()
+            raise
+        return self
+
+    def finish(self) -> FileResult:
+        """Steps 3 to 7: the re-read's verdict, carry-over and fsync, the change check, the
+        rename and the directory's fsync, the marker. Never raises for a per-file problem."""
+        try:
             try:
-                d.unlink(tmp)
+                self._commit()
+            except Exception as e:
+                return _failed(self.path, e)
+            return self._mark()
+        finally:
+            self.d.close()
+
+    def _commit(self) -> None:
+        d, base, path, job, stats = self.d, self.base, self.path, self.job, self.stats
+        name = str(path)
+        try:
+            if stats.truncated == 0 and stats.out_bytes_uncompressed == stats.in_bytes_uncompressed:
+                # nothing to cut (already slim, or nothing encrypted): the copy would equal the
+                # original, which stays as it is; only the marker is written
+                stats.out_bytes = stats.in_bytes
+                assert self.trailing is not None
+                self.trailing.abandon()
+                self.trailing = None
+                _not_abandoned(job, name)
+                _check_unchanged(d, base, path, self.before)
+                d.unlink(tmp_name(base))
+                self.tmp_gone = True
+                if self.offsets is not None:
+                    self.offsets.commit()
+                os.close(self.src_fd)
+                self.src_fd = -1
+            else:
+                verifying, self.trailing = self.trailing, None
+                assert verifying is not None
+                check = verifying.result()
+                _verify(path, check, stats, os.fstat(self.tmp_fd).st_size)
+                _carry_over(self.tmp_fd, self.before)
+                _not_abandoned(job, name)
+                _check_unchanged(d, base, path, self.before)
+                if self.offsets is not None:
+                    self.offsets.commit()
+                # 6. atomic rename, directory fsync
+                d.rename(tmp_name(base), base)
+                self.tmp_gone = True
+                d.fsync()
+        except BaseException:
+            self._undo()
+            raise
+        self._close()
+        if self.src_fd >= 0:
+            _releaser.release(self.src_fd)  # the replaced original is freed in the background
+            self.src_fd = -1
+
+    def _mark(self) -> FileResult:
+        """7. The marker is the last write."""
+        name = str(self.path)
+        try:
+            markers = MarkerDir.make(self.d)
+            try:
+                markers.write(self.base, durable=self.job.options.offset_map)
+            finally:
+                markers.close()
+        except (OSError, PcapslimError) as e:
+            detail = (
+                str(e) if isinstance(e, PcapslimError) else _os_message(marker_path(self.path), e)
+            )
+            return FileResult(
+                name,
+                STATUS_FAIL,
+                self.stats,
+                error=f"slimmed, but the marker could not be written: {detail}",
+            )
+        return FileResult(name, STATUS_OK, self.stats)
+
+    def _undo(self) -> None:
+        """The transaction failed: the re-read ends, the tmp (and a pending map) goes, the
+        original stays as it is."""
+        if self.trailing is not None:
+            self.trailing.abandon()
+            self.trailing = None
+        if self.offsets is not None and not self.tmp_gone:
+            self.offsets.discard()
+            self.offsets = None
+        if not self.tmp_gone:
+            try:
+                self.d.unlink(tmp_name(self.base))
             except FileNotFoundError:
                 pass
-        if src_fd >= 0:
-            os.close(src_fd)
-        raise
-    finally:
-        os.close(tmp_fd)
-        if offsets is not None:
+            self.tmp_gone = True
+        if self.src_fd >= 0:
+            os.close(self.src_fd)
+            self.src_fd = -1
+        self._close()
+
+    def _close(self) -> None:
+        if self.tmp_fd >= 0:
+            fd, self.tmp_fd = self.tmp_fd, -1
+            os.close(fd)
+        if self.offsets is not None:
+            offsets, self.offsets = self.offsets, None
             offsets.close()
-    if src_fd >= 0:
-        _releaser.release(src_fd)  # the replaced original is freed in the background
-    # 7. the marker is the last write
-    try:
-        markers = MarkerDir.make(d)
-        try:
-            markers.write(base, durable=job.options.offset_map)
-        finally:
-            markers.close()
-    except (OSError, PcapslimError) as e:
-        detail = str(e) if isinstance(e, PcapslimError) else _os_message(marker_path(path), e)
-        return FileResult(
-            name,
-            STATUS_FAIL,
-            stats,
-            error=f"slimmed, but the marker could not be written: {detail}",
-        )
-    return FileResult(name, STATUS_OK, stats)
 
 
 class _Trailing:

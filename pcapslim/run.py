@@ -171,13 +171,17 @@ class Pool(Protocol):
 
 
 class LocalPool:
-    """Threads of this process, each taking file after file for the whole run."""
+    """Threads of this process, each taking file after file for the whole run. A worker hands
+    the end of each file's transaction (its fsyncs, rename and marker: waiting on the disk) to
+    a helper of its own and slims its next file meanwhile; so each worker has up to two files
+    in flight, one being slimmed and one being committed."""
 
     strand_seconds = STRAND_SECONDS
 
     def __init__(self, job: Job, workers: int) -> None:
         self.job = job
-        self.slots = workers
+        self.workers = workers
+        self.slots = 2 * workers
         self._inbox: queue.SimpleQueue[tuple[Target, Future[FileResult | None]] | None] = (
             queue.SimpleQueue()
         )
@@ -185,7 +189,7 @@ class LocalPool:
 
     def submit(self, target: Target) -> Future[FileResult | None]:
         fut: Future[FileResult | None] = Future()
-        if len(self._threads) < self.slots:
+        if len(self._threads) < self.workers:
             with signals_to_main():  # the stop signals stay the main thread's
                 t = threading.Thread(
                     target=self._work, name=f"pcapslim-file-{len(self._threads)}", daemon=True
@@ -196,9 +200,10 @@ class LocalPool:
         return fut
 
     def _work(self) -> None:
-        from .coordinator import slim_in_place
-        from .helpers import release
+        from .coordinator import start_in_place
+        from .helpers import helper, release
 
+        committing: Future[None] | None = None
         try:
             while (item := self._inbox.get()) is not None:
                 target, fut = item
@@ -206,12 +211,21 @@ class LocalPool:
                     continue
                 try:
                     stop = self.job.shutdown
-                    taken = stop is None or not stop.requested
-                    fut.set_result(slim_in_place(target, self.job) if taken else None)
+                    if stop is not None and stop.requested:
+                        fut.set_result(None)
+                        continue
+                    started = start_in_place(target, self.job)
+                    if isinstance(started, FileResult):
+                        fut.set_result(started)
+                        continue
+                    if committing is not None:  # one commit at a time: the disk is the limit
+                        committing.result()
+                    committing = helper("commit").submit(_settle, fut, started.finish)
                 except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
-                    fut.set_exception(e)
+                    if not fut.done():
+                        fut.set_exception(e)
         finally:
-            release()  # this thread's helpers end with it
+            release()  # this thread's helpers end with it, the last commit done first
 
     def stopping(self, why: str, abandon: bool) -> None:
         pass  # the job shares the run's stop
@@ -394,6 +408,13 @@ class Scheduler:
                 result = self.pool.failure(str(target.path), e)  # whose scheduler restarted)
             if result is not None:
                 self.on_result(result)
+
+
+def _settle(fut: Future[FileResult | None], finish: Callable[[], FileResult]) -> None:
+    try:
+        fut.set_result(finish())
+    except BaseException as e:  # noqa: BLE001 - reaches the scheduler as a failure
+        fut.set_exception(e)
 
 
 def _drain(fd: int) -> None:
