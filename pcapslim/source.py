@@ -17,7 +17,7 @@ import numpy as np
 from .capdir import check_regular
 from .compression import Decompressor, detect
 from .follow import Growing
-from .helpers import helper
+from .helpers import helper, kept
 from .pagecache import populate
 
 if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
@@ -191,7 +191,11 @@ class StreamSource(Source):
     ) -> None:
         self._read_into = read_into
         self.disk_size = disk_size
-        self._bufs: list[Bytes] = [np.empty(capacity, dtype=np.uint8) for _ in range(2)]
+        # this thread's pair for every file it reads (fresh ones would be faulted in afresh:
+        # more than the reads of a small file); a buffer grown for one record is this file's
+        self._bufs: list[Bytes] = list(
+            kept(("stream", capacity), lambda: [np.empty(capacity, np.uint8) for _ in range(2)])
+        )
         self._cur = 0  # the buffer of the current window
         self._base = 0  # capture offset of the current buffer's first byte
         self._filled = 0  # valid bytes in the current buffer

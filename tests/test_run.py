@@ -394,7 +394,7 @@ def test_an_unwritable_metrics_file_is_an_error_before_anything_is_touched(tmp_p
     assert listing(tmp_path) == before
 
 
-HELPER_KINDS = ("pcapslim-copy", "pcapslim-map", "pcapslim-verify")
+HELPER_KINDS = ("pcapslim-copy", "pcapslim-map", "pcapslim-verify", "pcapslim-commit")
 
 
 def _helpers() -> set[int]:
@@ -405,9 +405,9 @@ def _helpers() -> set[int]:
 def test_helper_threads_serve_every_file_of_a_worker_and_end_with_the_run(  # type: ignore[no-untyped-def]
     tmp_path, monkeypatch, workers
 ):
-    """A file's helpers (mapping ahead, copying, re-reading the tmp) are the threads its worker
-    used for the files before: 16 files start at most 3 helper threads per worker, not 3 per
-    file, and none is left once the run is over."""
+    """A file's helpers (mapping ahead, copying, re-reading the tmp, committing) are the threads
+    its worker used for the files before: 16 files start at most 4 helper threads per worker,
+    not 4 per file, and none is left once the run is over."""
     for i in range(16):
         f = tmp_path / f"f{i:02d}.pcap"
         f.write_bytes(capture(40 + i, 3, tls=tls_frame(900)))
@@ -425,5 +425,47 @@ def test_helper_threads_serve_every_file_of_a_worker_and_end_with_the_run(  # ty
     results = pcapslim.slim_dir(tmp_path, Options(workers=workers, mmap=True))
     assert [r.status for r in results] == ["ok"] * 16
     print(f"--workers {workers}: {len(started)} helper threads started for 16 files")
-    assert 0 < len(started) <= 3 * workers, started
+    assert 0 < len(started) <= 4 * workers, started
     assert wait_for(lambda: _helpers() <= before, 10), [t.name for t in threading.enumerate()]
+
+
+def test_a_worker_slims_its_next_file_while_the_last_one_commits(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """With one worker, file 2 is read and slimmed while file 1 waits in its commit (held there
+    until file 2's pass has begun); a file that changes during its commit still fails as SPEC §5
+    says (tmp removed, original as it was), and the files after it are slimmed."""
+    import pcapslim.coordinator as co
+
+    names = ["f1.pcap", "f2.pcap", "f3.pcap"]
+    data = {n: capture(30 + i, 3, tls=tls_frame(900)) for i, n in enumerate(names)}
+    for i, n in enumerate(names):
+        (tmp_path / n).write_bytes(data[n])
+        age(tmp_path / n, 3600 - i)  # oldest first: f1, f2, f3
+    second_started = threading.Event()
+    held: list[bool] = []
+    carry_over = co._carry_over
+
+    def commit_waits(tmp_fd: int, before: os.stat_result) -> None:
+        if not held:  # f1's commit: wait for f2's pass, then change f1 under it
+            held.append(second_started.wait(20))
+            with open(tmp_path / "f1.pcap", "ab") as fh:
+                fh.write(b"\0" * 16)
+        carry_over(tmp_fd, before)
+
+    def progress(path: str, done: int, total: int) -> None:
+        if path.endswith("f2.pcap"):
+            second_started.set()
+
+    monkeypatch.setattr(co, "_carry_over", commit_waits)
+    results = {
+        Path(r.path).name: r
+        for r in pcapslim.slim_dir(tmp_path, Options(workers=1, on_progress=progress))
+    }
+    assert held == [True], "f2 was not slimmed while f1 waited in its commit"
+    assert results["f1.pcap"].status == "fail" and "changed" in (results["f1.pcap"].error or "")
+    assert (tmp_path / "f1.pcap").read_bytes() == data["f1.pcap"] + b"\0" * 16
+    assert not (tmp_path / ".slim_markers" / "f1.pcap").exists()
+    for n in names[1:]:
+        assert results[n].status == "ok"
+        assert (tmp_path / n).read_bytes() == expected_slim(data[n])
+        assert (tmp_path / ".slim_markers" / n).exists()
+    assert tmps(tmp_path) == []
