@@ -62,7 +62,9 @@ class Job:
     io: IoThrottle | None = None  # the run's throttles in this process
     cpu: CpuThrottle | None = None
     shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
-    compress_threads: int = 0  # zstd worker threads beside the slimming ones
+    # zstd worker threads beside the slimming ones: none from a run (the copy stage compresses
+    # on its own thread already; a worker thread's job buffers took 30 MiB more resident)
+    compress_threads: int = 0
     window_bytes: int = WINDOW_BYTES  # input bytes per window (engine.window_for)
     map_ahead: bool = True  # a mapped file's next window mapped in on a helper thread
     clock: Callable[[], float] = field(default=time.time)

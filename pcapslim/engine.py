@@ -63,6 +63,7 @@ WINDOW_BYTES = 8 << 20  # input bytes indexed per kernel call, at most
 # run is what keeps those under RESIDENT_WINDOWS_BYTES whatever the files' sizes.
 RESIDENT_WINDOWS_BYTES = 12 << 20
 MIN_WINDOW_BYTES = 1 << 20
+IN_PLACE_MIN_WINDOW_BYTES = 2 << 20  # slimming up to two files at once
 VERIFY_WINDOW_BYTES = 1 << 20  # the re-read of a tmp only counts its records: small windows
 VERIFY_MAX_RECORDS = 1 << 12  # and small record tables
 MAX_RECORDS = 1 << 14  # rows of the record table per kernel call (about 1.7 MB: stays in cache)
@@ -155,7 +156,10 @@ def window_for(in_place: bool, concurrency: int) -> int:
     """The window of a run that slims (or only checks) `concurrency` files at once."""
     per_file = RESIDENT_WINDOWS_BYTES // max(1, concurrency)
     window = per_file // (5 if in_place else 2)
-    return max(MIN_WINDOW_BYTES, min(WINDOW_BYTES, window - window % (1 << 20)))
+    # slimmed in windows of 1 MiB, two files at once took 13 % longer than in 2 MiB ones (4 x
+    # 256 MiB here), for 8 MiB less resident
+    least = IN_PLACE_MIN_WINDOW_BYTES if in_place and concurrency <= 2 else MIN_WINDOW_BYTES
+    return max(least, min(WINDOW_BYTES, window - window % (1 << 20)))
 
 
 def process(
@@ -214,30 +218,35 @@ def process(
     )
     out: CompressedSink | None = None
     inline: list[int] = []  # output offsets of section lengths to set on the way
-    while True:
-        with open_source(fd, use_mmap, window_bytes, path, follow, map_ahead) as src:
-            src.behind = 1 if sink is not None else 0  # the copy stage reads the window before
-            stats.in_bytes = src.disk_size
-            stats.compression = src.codec
-            head_buf, _, h0, h1 = src.window(0, 24)
-            fmt = detect_format(bytes(head_buf[h0:h1]), path, src.codec)
-            stats.format = fmt.name
-            if src.codec is not None and decide and out is None:
-                if sink is not None and not isinstance(sink, FdSink):
-                    raise TypeError("a compressed slim copy is written to a file (an FdSink)")
-                out = CompressedSink(sink, src.codec, compress_level, compress_threads)
-                run.sink = out
-            try:
-                out_pos, end = _run(run, src, fmt, inline)
-            except _Rewrite as again:  # the second pass knows every patch in advance
-                assert out is not None and not inline
-                inline = again.patches
-                out.restart()
-                stats = run.stats = SlimStats(path=path, rules=rules)
-                continue
-            if follow is not None:  # its size was not known when reading began
-                stats.in_bytes = src.progress(end)[0]
-        break
+    try:
+        while True:
+            with open_source(fd, use_mmap, window_bytes, path, follow, map_ahead) as src:
+                src.behind = 1 if sink is not None else 0  # the copy stage reads the window before
+                stats.in_bytes = src.disk_size
+                stats.compression = src.codec
+                head_buf, _, h0, h1 = src.window(0, 24)
+                fmt = detect_format(bytes(head_buf[h0:h1]), path, src.codec)
+                stats.format = fmt.name
+                if src.codec is not None and decide and out is None:
+                    if sink is not None and not isinstance(sink, FdSink):
+                        raise TypeError("a compressed slim copy is written to a file (an FdSink)")
+                    out = CompressedSink(sink, src.codec, compress_level, compress_threads)
+                    run.sink = out
+                try:
+                    out_pos, end = _run(run, src, fmt, inline)
+                except _Rewrite as again:  # the second pass knows every patch in advance
+                    assert out is not None and not inline
+                    inline = again.patches
+                    out.restart()
+                    stats = run.stats = SlimStats(path=path, rules=rules)
+                    continue
+                if follow is not None:  # its size was not known when reading began
+                    stats.in_bytes = src.progress(end)[0]
+            break
+    except BaseException:
+        if out is not None:
+            out.abandon()
+        raise
     stats.in_bytes_uncompressed = end
     stats.out_bytes_uncompressed = out_pos
     if out is not None:

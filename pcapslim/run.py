@@ -105,11 +105,6 @@ class Options:
         return self.mmap if self.mmap is not None else concurrency <= MMAP_MAX_WORKERS
 
 
-def compress_threads(cpu_capped: bool, concurrency: int) -> int:
-    """zstd compresses on the cores the files at once leave free; none under a CPU cap."""
-    return 0 if cpu_capped else max(0, (os.cpu_count() or 1) // concurrency - 1)
-
-
 def build_job(
     options: Options, *, concurrency: int | None = None, stop: Shutdown | None = None
 ) -> Job:
@@ -138,7 +133,6 @@ def build_job(
         io=io,
         cpu=cpu,
         shutdown=stop,
-        compress_threads=compress_threads(cpu is not None, at_once),
         window_bytes=window_for(not (options.check_only or options.dry_run), at_once),
         # the helper pays where a core is free for it; beside another file it costs more
         map_ahead=(os.cpu_count() or 1) > at_once,

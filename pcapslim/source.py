@@ -252,7 +252,7 @@ class PrefetchSource(Source):
     stable_windows = True
     SEGMENT = 4 << 20
     HEADROOM = 256 << 10
-    BUFFERS = 4  # the window before the current one, the current one, two being filled
+    BUFFERS = 3  # the window before the current one, the current one, the next being filled
 
     def __init__(
         self,
@@ -353,8 +353,11 @@ class _Prefetcher:
         self._segment, self._head = segment, head
         self._full: queue.Queue[tuple[Bytes, int] | BaseException] = queue.Queue()
         self._free: queue.Queue[Bytes] = queue.Queue()
-        for _ in range(count):
-            self._free.put(np.empty(head + segment, dtype=np.uint8))
+        # this thread's buffers for every stream it reads (fresh ones are faulted in afresh)
+        for buf in kept(("segments", head + segment, count), lambda: [
+            np.empty(head + segment, dtype=np.uint8) for _ in range(count)
+        ]):  # fmt: skip
+            self._free.put(buf)
         self._stop = threading.Event()
         self._ended = False  # the reader has taken the last buffer, or an error
         self._thread = threading.Thread(target=self._produce, name="pcapslim-read", daemon=True)
