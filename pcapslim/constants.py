@@ -194,7 +194,7 @@ IKE_SA_INIT = 34  # IKEv2 exchange type
 IKE_FLAG_ENCRYPTION = 0x01  # IKEv1 flags: the rest of the message is encrypted
 FLOW_SLOTS = (
     1 << 18
-)  # directions the forensic table holds (40 MB; a third full at 40,000 connections)
+)  # directions the forensic table holds (16 MiB; a third full at 40,000 connections)
 FLOW_PROBES = 16  # slots looked at before the least recently used one is taken over
 
 # the forensic flow state beside the table: an int64 array carried across windows
@@ -202,16 +202,22 @@ FS_CLOCK = 0  # packets decided so far: the time of the least-recently-used rule
 FS_PROBES = 1  # slots looked at per lookup
 N_FSTATE = 2
 
-# direction table of the forensic rules: one int64 row per TCP direction
-T_USED = 0
-T_KEY = 1  # 10 fields: version, source words 0-3, destination words 0-3, ports
-T_LAST = 11  # last use, for taking over the least recently used slot
-T_MODE = 12
-T_NEXT = 13  # next expected sequence number
-T_REM = 14  # bytes left of the current TLS record or SSH packet
-T_HAVE = 15  # header bytes gathered so far
-T_HDR = 16  # the gathered header bytes, first byte highest
-T_RTYPE = 17  # type of the current TLS record
-T_PHASE = 18  # SSH: banner, packets, newkeys, done
-N_TFIELDS = 19
-KEY_LEN = 10
+# direction table of the forensic rules: one int64 row of 64 bytes per TCP direction (16 MiB
+# for FLOW_SLOTS). Word T_HEAD holds the key's version (bits 0-3; 0: a free slot) and ports
+# (bits 24-55) beside the small state fields; the addresses take four words, two 32-bit words
+# each; one word holds the bytes left of the current TLS record or SSH packet, or the header
+# bytes gathered so far (the header is gathered only once the record before is over).
+T_HEAD = 0
+T_ADDR = 1  # 4 words: source words 0-1, 2-3, destination words 0-1, 2-3
+T_NEXT = 5  # next expected sequence number
+T_LAST = 6  # last use, for taking over the least recently used slot
+T_REM_HDR = 7  # bytes left (while no header byte is gathered), else the header, first byte highest
+N_TFIELDS = 8
+# fields of T_HEAD: (shift, mask)
+H_VERSION = (0, 0xF)
+H_MODE = (4, 0xF)
+H_PHASE = (8, 0xF)
+H_HAVE = (12, 0xF)  # header bytes gathered so far
+H_RTYPE = (16, 0xFF)  # type of the current TLS record
+H_PORTS = (24, 0xFFFFFFFF)
+H_KEY_MASK = 0xF | (0xFFFFFFFF << 24)  # the key's bits of T_HEAD: version and ports

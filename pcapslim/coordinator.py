@@ -66,7 +66,9 @@ class Job:
     # on its own thread already; a worker thread's job buffers took 30 MiB more resident)
     compress_threads: int = 0
     window_bytes: int = WINDOW_BYTES  # input bytes per window (engine.window_for)
-    map_ahead: bool = True  # a mapped file's next window mapped in on a helper thread
+    # a core to spare for each file's helpers: mapping the next window in, copying and
+    # compressing beside the index pass (with a core per file, they cost more than they save)
+    spare_core: bool = True
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -247,7 +249,7 @@ def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
         on_progress=acct,
         use_mmap=job.use_mmap,
         window_bytes=job.window_bytes,
-        map_ahead=job.map_ahead,
+        spare_core=job.spare_core,
         rules=job.options.rules,
         compress_level=job.options.compress_level,
         compress_threads=job.compress_threads,
@@ -321,7 +323,7 @@ class Commit:
                 on_progress=_Accounting(name, job),
                 use_mmap=job.use_mmap,
                 window_bytes=job.window_bytes,
-                map_ahead=job.map_ahead,
+                spare_core=job.spare_core,
                 rules=job.options.rules,
                 offsets=self.offsets.writer if self.offsets is not None else None,
                 compress_level=job.options.compress_level,

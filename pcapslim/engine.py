@@ -152,9 +152,10 @@ def _count(
             stats.linktypes[str(v)] = stats.linktypes.get(str(v), 0) + c
 
 
-def window_for(in_place: bool, concurrency: int) -> int:
-    """The window of a run that slims (or only checks) `concurrency` files at once."""
-    per_file = RESIDENT_WINDOWS_BYTES // max(1, concurrency)
+def window_for(in_place: bool, concurrency: int, forensic: bool = False) -> int:
+    """The window of a run that slims (or only checks) `concurrency` files at once; under the
+    forensic rules, whose flow table (16 MiB) is resident beside the windows, half as much."""
+    per_file = RESIDENT_WINDOWS_BYTES // max(1, concurrency) // (2 if forensic else 1)
     window = per_file // (5 if in_place else 2)
     # slimmed in windows of 1 MiB, two files at once took 13 % longer than in 2 MiB ones (4 x
     # 256 MiB here), for 8 MiB less resident
@@ -169,7 +170,7 @@ def process(
     *,
     on_progress: ProgressCallback | None = None,
     use_mmap: bool = True,
-    map_ahead: bool = True,
+    spare_core: bool = True,
     window_bytes: int = WINDOW_BYTES,
     max_records: int = MAX_RECORDS,
     decide: bool = True,
@@ -193,7 +194,8 @@ def process(
     A gzip or zstd file is read through its decompressor, and slimmed into the same
     compression (at `compress_level`, the codec's default when None; zstd with
     `compress_threads` worker threads); analysed, it is compressed only to count the bytes a
-    slim copy would take."""
+    slim copy would take. With `spare_core`, helper threads map the next window in, copy
+    and compress beside the index pass."""
     if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
         raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
     if flow_slots < 1 or flow_slots & (flow_slots - 1) or not 1 <= flow_probes <= flow_slots:
@@ -215,12 +217,13 @@ def process(
         flow_slots,
         flow_probes,
         offsets,
+        spare_core,
     )
     out: CompressedSink | None = None
     inline: list[int] = []  # output offsets of section lengths to set on the way
     try:
         while True:
-            with open_source(fd, use_mmap, window_bytes, path, follow, map_ahead) as src:
+            with open_source(fd, use_mmap, window_bytes, path, follow, spare_core) as src:
                 src.behind = 1 if sink is not None else 0  # the copy stage reads the window before
                 stats.in_bytes = src.disk_size
                 stats.compression = src.codec
@@ -230,7 +233,9 @@ def process(
                 if src.codec is not None and decide and out is None:
                     if sink is not None and not isinstance(sink, FdSink):
                         raise TypeError("a compressed slim copy is written to a file (an FdSink)")
-                    out = CompressedSink(sink, src.codec, compress_level, compress_threads)
+                    out = CompressedSink(
+                        sink, src.codec, compress_level, compress_threads, spare_core
+                    )
                     run.sink = out
                 try:
                     out_pos, end = _run(run, src, fmt, inline)
@@ -376,6 +381,7 @@ class _Run:
     flow_slots: int  # forensic direction table: rows
     flow_probes: int  # and slots probed per lookup
     offsets: OffsetMapWriter | None  # where every record goes
+    spare_core: bool  # copy on a helper thread beside the index pass
 
 
 def _run(run: _Run, src: Source, fmt: CaptureFormat, inline: list[int]) -> tuple[int, int]:
@@ -386,7 +392,7 @@ def _run(run: _Run, src: Source, fmt: CaptureFormat, inline: list[int]) -> tuple
         fmt.name == "pcapng",
         run.window_bytes,
         run.max_records,
-        pipelined=src.stable_windows,
+        pipelined=src.stable_windows and run.spare_core,
         kernels=run.kernels,
         inline=inline,
     )

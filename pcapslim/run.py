@@ -133,9 +133,11 @@ def build_job(
         io=io,
         cpu=cpu,
         shutdown=stop,
-        window_bytes=window_for(not (options.check_only or options.dry_run), at_once),
-        # the helper pays where a core is free for it; beside another file it costs more
-        map_ahead=(os.cpu_count() or 1) > at_once,
+        window_bytes=window_for(
+            not (options.check_only or options.dry_run), at_once, options.rules == "forensic"
+        ),
+        # helpers pay where a core is free for them; beside another file they cost more
+        spare_core=(os.cpu_count() or 1) > at_once,
     )
 
 

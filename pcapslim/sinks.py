@@ -78,16 +78,19 @@ class CompressedSink:
     """Slim bytes compressed on their way to `inner` (a file), or only counted (inner None:
     what a compressed slim copy would take on disk, for the numbers of an analysis).
 
-    The compressor works on a helper thread of the writer's: each write is copied into a buffer
-    of the sink's and compressed while the writer copies the next window; a write waits for the
-    one before. Compressing the slim bytes takes about as long as the rest of a zstd file's pass
-    here; zstd's own worker threads (`threads`) would do the same at the cost of their job
-    buffers (30 MiB at level 3)."""
+    With `ahead`, the compressor works on a helper thread of the writer's: each write is
+    copied into a buffer of the sink's and compressed while the writer copies the next window;
+    a write waits for the one before. Compressing the slim bytes takes about as long as the
+    rest of a zstd file's pass here; zstd's own worker threads (`threads`) would do the same at
+    the cost of their job buffers (30 MiB at level 3)."""
 
     seekable = False
 
-    def __init__(self, inner: FdSink | None, codec: str, level: int | None, threads: int) -> None:
+    def __init__(
+        self, inner: FdSink | None, codec: str, level: int | None, threads: int, ahead: bool = True
+    ) -> None:
         self.inner = inner
+        self.ahead = ahead  # on a helper thread (else in the writer's)
         self.codec, self.level, self.threads = codec, level, threads
         self._counted = 0
         self._buf = np.empty(0, dtype=np.uint8)  # what the job in flight compresses
@@ -105,6 +108,9 @@ class CompressedSink:
 
     def write(self, data: Bytes) -> None:
         self._wait()
+        if not self.ahead:
+            self._z.write(data)
+            return
         n = len(data)
         if self._buf.shape[0] < n:
             self._buf = np.empty(n, dtype=np.uint8)

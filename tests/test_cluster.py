@@ -256,7 +256,7 @@ JOB_AS_SEEN = """{
     "cpu": (job.cpu.base_percent, job.cpu.backoff_above, job.cpu.strength) if job.cpu else None,
     "compress_threads": job.compress_threads,
     "window_bytes": job.window_bytes,
-    "map_ahead": job.map_ahead,
+    "spare_core": job.spare_core,
     "stop": (isinstance(job.shutdown, __import__("pcapslim.shutdown").shutdown.Shutdown),
              job.shutdown.grace, job.shutdown.requested),
     "throttles_sleep_on_the_stop": all(

@@ -1,8 +1,9 @@
 """Forensic rules (SPEC §8): decisions that follow TCP directions by sequence number.
 
-State lives in a bounded open-addressing table of directions (fields T_*), carried across
-windows; when the probed slots are all taken, the least recently used one is taken over. The
-decisions are deterministic: same input, same table size, same output.
+State lives in a bounded open-addressing table of directions (64-byte rows, fields T_* and the
+H_* fields packed in T_HEAD), carried across windows; when the probed slots are all taken, the
+least recently used one is taken over. The decisions are deterministic: same input, same table
+size, same output.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from ..constants import (
     F_START,
     FS_CLOCK,
     FS_PROBES,
+    H_HAVE,
+    H_KEY_MASK,
+    H_MODE,
+    H_PHASE,
+    H_RTYPE,
     IKE_FLAG_ENCRYPTION,
     IKE_HDR_LEN,
     IKE_SA_INIT,
     IP_PROTO_TCP,
     KEEP_BYTES,
-    KEY_LEN,
     N_TFIELDS,
     PORT_IKE,
     PORT_IKE_NAT_T,
@@ -44,16 +49,11 @@ from ..constants import (
     QUIC_V2,
     SSH_MAX_PACKET,
     SSH_MSG_NEWKEYS,
-    T_HAVE,
-    T_HDR,
-    T_KEY,
+    T_ADDR,
+    T_HEAD,
     T_LAST,
-    T_MODE,
     T_NEXT,
-    T_PHASE,
-    T_REM,
-    T_RTYPE,
-    T_USED,
+    T_REM_HDR,
     TCP_MIN_HDR,
     TLS_APPLICATION_DATA,
     TLS_MAX_RECORD,
@@ -107,31 +107,57 @@ def _hash(key):
 
 
 @hot
+def _pack(hi, lo):
+    """Two 32-bit words as one int64 (hi taken as signed): equal exactly when both are."""
+    return ((hi ^ 0x80000000) - 0x80000000) * 4294967296 + lo
+
+
+@hot
+def _field(table, s, field):
+    return (table[s, T_HEAD] >> field[0]) & field[1]
+
+
+@hot
+def _set_field(table, s, field, value):
+    table[s, T_HEAD] = (table[s, T_HEAD] & ~(field[1] << field[0])) | (np.int64(value) << field[0])
+
+
+@hot
+def _rem(table, s):
+    """Bytes left of the current TLS record or SSH packet (none while a header is gathered)."""
+    return table[s, T_REM_HDR] if _field(table, s, H_HAVE) == 0 else 0
+
+
+@hot
 def _slot(table, key, clock, probes):
     """The slot of a direction: found, free, or the least recently used one taken over."""
     h = _hash(key)
     mask = table.shape[0] - 1  # a power of two
+    head = key[0] | (key[9] << 24)  # version and ports
+    a0 = _pack(key[1], key[2])
+    a1 = _pack(key[3], key[4])
+    a2 = _pack(key[5], key[6])
+    a3 = _pack(key[7], key[8])
     oldest = -1
     for p in range(probes):
         s = (h + p) & mask
-        if table[s, T_USED] == 0:
+        if table[s, T_HEAD] == 0:
             oldest = s
             break
-        same = table[s, T_KEY + 9] == key[9]  # the ports first: they differ most often
-        k = 0
-        while same and k < KEY_LEN - 1:
-            same = table[s, T_KEY + k] == key[k]
-            k += 1
-        if same:
+        if ((table[s, T_HEAD] & H_KEY_MASK) == head and table[s, T_ADDR] == a0
+                and table[s, T_ADDR + 1] == a1 and table[s, T_ADDR + 2] == a2
+                and table[s, T_ADDR + 3] == a3):  # fmt: skip
             table[s, T_LAST] = clock
             return s
         if oldest < 0 or table[s, T_LAST] < table[oldest, T_LAST]:
             oldest = s
     for f in range(N_TFIELDS):
         table[oldest, f] = 0
-    table[oldest, T_USED] = 1
-    for k in range(KEY_LEN):
-        table[oldest, T_KEY + k] = key[k]
+    table[oldest, T_HEAD] = head
+    table[oldest, T_ADDR] = a0
+    table[oldest, T_ADDR + 1] = a1
+    table[oldest, T_ADDR + 2] = a2
+    table[oldest, T_ADDR + 3] = a3
     table[oldest, T_LAST] = clock
     return oldest
 
@@ -148,7 +174,15 @@ def plausible_tls(buf, p, end):
 @jit
 def _header_byte(table, s, j):
     """Byte j of the gathered header."""
-    return (table[s, T_HDR] >> (8 * (table[s, T_HAVE] - 1 - j))) & 0xFF
+    return (table[s, T_REM_HDR] >> (8 * (_field(table, s, H_HAVE) - 1 - j))) & 0xFF
+
+
+@hot
+def _gather(buf, table, s, at, take):
+    """Add `take` header bytes from buf[at:] to those gathered."""
+    for k in range(take):
+        table[s, T_REM_HDR] = (table[s, T_REM_HDR] << 8) | np.int64(buf[at + k])
+    _set_field(table, s, H_HAVE, _field(table, s, H_HAVE) + take)
 
 
 @hot
@@ -158,33 +192,30 @@ def walk_tls(buf, table, s, pay, cap_end, seg_len):
     handshake = False
     i = 0
     while i < seg_len:
-        rem = table[s, T_REM]
+        rem = _rem(table, s)
         if rem > 0:
             take = min(rem, seg_len - i)
-            if is_handshake_class(table[s, T_RTYPE]):
+            if is_handshake_class(_field(table, s, H_RTYPE)):
                 handshake = True
-            table[s, T_REM] = rem - take
+            table[s, T_REM_HDR] = rem - take
             i += take
             continue
-        take = min(5 - table[s, T_HAVE], seg_len - i)
+        take = min(5 - _field(table, s, H_HAVE), seg_len - i)
         if pay + i + take > cap_end:
             return 0
-        for k in range(take):
-            table[s, T_HDR] = (table[s, T_HDR] << 8) | np.int64(buf[pay + i + k])
-        table[s, T_HAVE] += take
+        _gather(buf, table, s, pay + i, take)
         i += take
         if is_handshake_class(_header_byte(table, s, 0)):
             handshake = True
-        if table[s, T_HAVE] == 5:
+        if _field(table, s, H_HAVE) == 5:
             t = _header_byte(table, s, 0)
             length = (_header_byte(table, s, 3) << 8) | _header_byte(table, s, 4)
             if not (0x14 <= t <= 0x18 and _header_byte(table, s, 1) == 3
                     and _header_byte(table, s, 2) <= 4 and length <= TLS_MAX_RECORD):  # fmt: skip
                 return 0
-            table[s, T_RTYPE] = t
-            table[s, T_REM] = length
-            table[s, T_HAVE] = 0
-            table[s, T_HDR] = 0
+            _set_field(table, s, H_RTYPE, t)
+            _set_field(table, s, H_HAVE, 0)
+            table[s, T_REM_HDR] = length  # the header is over: the record's bytes left
     return 2 if handshake else 1
 
 
@@ -192,8 +223,10 @@ def walk_tls(buf, table, s, pay, cap_end, seg_len):
 def walk_ssh(buf, table, s, pay, cap_end, seg_len):
     """Follow the banner and binary packet lengths; False when the position is lost."""
     i = 0
-    while i < seg_len and (table[s, T_PHASE] == PH_BANNER or table[s, T_PHASE] == PH_PACKETS):
-        if table[s, T_PHASE] == PH_BANNER:
+    while i < seg_len and (
+        _field(table, s, H_PHASE) == PH_BANNER or _field(table, s, H_PHASE) == PH_PACKETS
+    ):
+        if _field(table, s, H_PHASE) == PH_BANNER:
             if pay + i >= cap_end:
                 return False
             j = pay + i
@@ -202,33 +235,30 @@ def walk_ssh(buf, table, s, pay, cap_end, seg_len):
             if j == cap_end:
                 return cap_end - pay >= seg_len  # the banner goes on in the next segment
             i = j + 1 - pay
-            table[s, T_PHASE] = PH_PACKETS
+            _set_field(table, s, H_PHASE, PH_PACKETS)
             continue
-        rem = table[s, T_REM]
+        rem = _rem(table, s)
         if rem > 0:
             take = min(rem, seg_len - i)
-            table[s, T_REM] = rem - take
+            table[s, T_REM_HDR] = rem - take
             i += take
             continue
-        take = min(6 - table[s, T_HAVE], seg_len - i)
+        take = min(6 - _field(table, s, H_HAVE), seg_len - i)
         if pay + i + take > cap_end:
             return False
-        for k in range(take):
-            table[s, T_HDR] = (table[s, T_HDR] << 8) | np.int64(buf[pay + i + k])
-        table[s, T_HAVE] += take
+        _gather(buf, table, s, pay + i, take)
         i += take
-        if table[s, T_HAVE] == 6:
-            length = table[s, T_HDR] >> 16
-            msg = table[s, T_HDR] & 0xFF
+        if _field(table, s, H_HAVE) == 6:
+            length = table[s, T_REM_HDR] >> 16
+            msg = table[s, T_REM_HDR] & 0xFF
             if length < 2 or length > SSH_MAX_PACKET:
                 return False
-            table[s, T_REM] = 4 + length - 6
-            table[s, T_HAVE] = 0
-            table[s, T_HDR] = 0
+            _set_field(table, s, H_HAVE, 0)
+            table[s, T_REM_HDR] = 4 + length - 6  # the header is over: the packet's bytes left
             if msg == SSH_MSG_NEWKEYS:
-                table[s, T_PHASE] = PH_NEWKEYS  # what follows is encrypted: stop parsing
-    if table[s, T_PHASE] == PH_NEWKEYS:
-        table[s, T_PHASE] = PH_DONE  # this segment carried NEWKEYS: kept; later ones cut
+                _set_field(table, s, H_PHASE, PH_NEWKEYS)  # what follows is encrypted
+    if _field(table, s, H_PHASE) == PH_NEWKEYS:
+        _set_field(table, s, H_PHASE, PH_DONE)  # this segment carried NEWKEYS: kept; later cut
     return True
 
 
@@ -267,11 +297,10 @@ def fallback_tcp(buf, pay, cap_end, sport, dport):
 @jit
 def _start(table, s, mode):
     """Begin following a direction from a record (or banner) boundary."""
-    table[s, T_MODE] = mode
-    table[s, T_PHASE] = PH_BANNER
-    table[s, T_REM] = 0
-    table[s, T_HAVE] = 0
-    table[s, T_HDR] = 0
+    _set_field(table, s, H_MODE, mode)
+    _set_field(table, s, H_PHASE, PH_BANNER)
+    _set_field(table, s, H_HAVE, 0)
+    table[s, T_REM_HDR] = 0
 
 
 @hot
@@ -281,13 +310,13 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
     delta = (seq - nxt) & 0xFFFFFFFF
     at_next = delta == 0
     old = delta >= 0x80000000 and ((nxt - (seq + seg_len)) & 0xFFFFFFFF) < 0x80000000
-    mode = table[s, T_MODE]
-    if mode == MODE_SSH and table[s, T_PHASE] == PH_DONE:
+    mode = _field(table, s, H_MODE)
+    if mode == MODE_SSH and _field(table, s, H_PHASE) == PH_DONE:
         return CAT_SSH
     if mode == MODE_SSH or mode == MODE_TLS:
         if not at_next:  # a retransmission falls back; an overlap or a gap loses the position
             if not old:
-                table[s, T_MODE] = MODE_LOST
+                _set_field(table, s, H_MODE, MODE_LOST)
             return fallback_tcp(buf, pay, cap_end, sport, dport)
         table[s, T_NEXT] = (seq + seg_len) & 0xFFFFFFFF
     else:
@@ -298,7 +327,7 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
             mode = MODE_TLS
         else:
             if mode == MODE_NEW:
-                table[s, T_MODE] = MODE_NONE
+                _set_field(table, s, H_MODE, MODE_NONE)
             return fallback_tcp(buf, pay, cap_end, sport, dport)
         _start(table, s, mode)
     if mode == MODE_SSH:
@@ -310,7 +339,7 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
             return CAT_KEEP
         if w == 1:
             return tls_cat
-    table[s, T_MODE] = MODE_LOST
+    _set_field(table, s, H_MODE, MODE_LOST)
     return fallback_tcp(buf, pay, cap_end, sport, dport)
 
 
