@@ -303,3 +303,53 @@ def test_tens_of_thousands_of_concurrent_connections(tmp_path):  # type: ignore[
     expected, cats = _expected(frames)
     slim_file(src, tmp_path / "o.pcap", rules="forensic")
     assert (tmp_path / "o.pcap").read_bytes() == expected
+
+
+@pytest.mark.parametrize(
+    ("v6", "twin_a", "twin_b"),
+    [
+        # addresses that differ only in the top bit of one 32-bit word (the table keeps two
+        # words in one, the upper one taken as signed), or ports that differ in their top bit
+        (True, ("7e80::1", "2001:db8::1", 40000), ("fe80::1", "2001:db8::1", 40000)),
+        (True, ("2001:db8::1", "7e80::1:0:0", 40000), ("2001:db8::1", "fe80::1:0:0", 40000)),
+        (True, ("2001:db8::1", "2001:db8::2", 0x1C40), ("2001:db8::1", "2001:db8::2", 0x9C40)),
+        (False, ("10.0.0.1", "192.0.2.1", 40000), ("138.0.0.1", "192.0.2.1", 40000)),
+        (False, ("10.0.0.1", "64.0.2.1", 40000), ("10.0.0.1", "192.0.2.1", 40000)),
+    ],
+)
+def test_directions_that_differ_in_a_words_top_bit_are_told_apart(tmp_path, v6, twin_a, twin_b):  # type: ignore[no-untyped-def]
+    """Direction A (port 8080) is inside a TLS application-data record (its second half
+    follows, only known as such by tracking); direction B, whose key differs from A's in one
+    top bit, sends cleartext at the very sequence number A expects next. Told apart, A's
+    continuation is cut and B's cleartext kept (by hand); taken for one direction, B's bytes
+    would be cut as A's record."""
+    app = b"\x17\x03\x03" + struct.pack("!H", 1400) + bytes(1400)
+    hello = b"\x16\x03\x01" + struct.pack("!H", 200) + bytes(200)
+    text = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n" + b"x" * 600
+
+    def frame(src: str, dst: str, sport: int, seg: bytes, seq: int) -> bytes:
+        tcp = synth.tcp(sport, 8080, seg, seq=seq)  # no TLS port: B's cleartext stays whole
+        ip = synth.ipv6(tcp, 6, src, dst) if v6 else synth.ipv4(tcp, 6, src, dst)
+        return synth.eth_ip(ip)
+
+    (sa, da, pa), (sb, db, pb) = twin_a, twin_b
+    cont = len(hello) + 700
+    frames = [
+        frame(sa, da, pa, hello, 0),
+        frame(sa, da, pa, app[:700], len(hello)),
+        frame(sb, db, pb, text, cont),  # B: cleartext where A's record goes on
+        frame(sa, da, pa, app[700:], cont),  # A: the rest of the record
+    ]
+    data = synth.pcap_bytes([synth.Record(f, ts=i) for i, f in enumerate(frames)])
+    src = tmp_path / "twins.pcap"
+    src.write_bytes(data)
+    # by hand: with room for both, A's two halves are cut and B is kept; with one slot, B takes
+    # A's over, and A's second half (zeros, on no TLS port) is then kept as well
+    for slots, probes, cut in ((FLOW_SLOTS, FLOW_PROBES, [1, 3]), (1, 1, [1])):
+        stats = slim_with_engine(
+            src, tmp_path / "o", rules="forensic", flow_slots=slots, flow_probes=probes
+        )
+        twin = naive.slim_bytes(data, Forensic(slots, probes).decide)
+        assert (tmp_path / "o").read_bytes() == twin.data
+        got = [i for i, (f, g) in enumerate(zip(_frames(tmp_path / "o"), frames)) if f != g]
+        assert got == cut and stats.truncated_by["tls_other_port"] == len(cut)
