@@ -213,8 +213,8 @@ def scratch_tree(tmp_path: Path, file: str, old: str, new: str) -> Path:
 BROKEN = {
     "no directory fsync after the rename": (
         "coordinator.py",
-        "            tmp_gone = True\n            d.fsync()\n",
-        "            tmp_gone = True\n",
+        "                self.tmp_gone = True\n                d.fsync()\n",
+        "                self.tmp_gone = True\n",
         "the marker of {} exists, its slim copy is not on disk",
     ),
     "no fsync of the tmp before the rename": (
