@@ -239,7 +239,7 @@ def _fresh_inputs(s: Scenario, work: Path) -> list[Path]:
     return copies
 
 
-def _communicate(proc: subprocess.Popen[str]) -> tuple[str, str, int]:
+def communicate_with_peak(proc: subprocess.Popen[str]) -> tuple[str, str, int]:
     """(stdout, stderr, peak resident bytes) of a process, once it has ended. The peak is the
     kernel's high-water mark of the process's memory (VmHWM, which counts the mapped pages of
     files), read every 10 ms until the process ends: unlike sampling the resident size it
@@ -288,7 +288,7 @@ def _run_once(
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
     )
-    out, err, rss = _communicate(proc)
+    out, err, rss = communicate_with_peak(proc)
     wall = time.perf_counter() - t0
     if cache:
         shutil.rmtree(cache, ignore_errors=True)

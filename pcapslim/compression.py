@@ -194,8 +194,7 @@ def _reason(e: Exception) -> str:
 class Compressor:
     """A stream of slim bytes in, compressed bytes out to `emit` (called with each chunk)."""
 
-    def __init__(self, codec: str, emit: Callable[[bytes], None], level: int | None = None,
-                 threads: int = 0) -> None:  # fmt: skip
+    def __init__(self, codec: str, emit: Callable[[bytes], None], level: int | None = None) -> None:
         require(codec)
         self.codec = codec
         level = DEFAULT_LEVEL[codec] if level is None else level
@@ -213,7 +212,7 @@ class Compressor:
         else:
             import zstandard
 
-            cctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+            cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
             out: Any = self._out
             self._stream = cctx.stream_writer(out, closefd=False)
 

@@ -62,9 +62,6 @@ class Job:
     io: IoThrottle | None = None  # the run's throttles in this process
     cpu: CpuThrottle | None = None
     shutdown: Shutdown | None = None  # SIGTERM/SIGINT: abandon the file at its next window
-    # zstd worker threads beside the slimming ones: none from a run (the copy stage compresses
-    # on its own thread already; a worker thread's job buffers took 30 MiB more resident)
-    compress_threads: int = 0
     window_bytes: int = WINDOW_BYTES  # input bytes per window (engine.window_for)
     # a core to spare for each file's helpers: mapping the next window in, copying and
     # compressing beside the index pass (with a core per file, they cost more than they save)
@@ -252,7 +249,6 @@ def _analyze_fd(path: str, fd: int, job: Job, acct: _Accounting) -> SlimStats:
         spare_core=job.spare_core,
         rules=job.options.rules,
         compress_level=job.options.compress_level,
-        compress_threads=job.compress_threads,
     )
 
 
@@ -327,7 +323,6 @@ class Commit:
                 rules=job.options.rules,
                 offsets=self.offsets.writer if self.offsets is not None else None,
                 compress_level=job.options.compress_level,
-                compress_threads=job.compress_threads,
             )
             self.trailing.growing.done()  # the re-read ends at what was written
         except BaseException:

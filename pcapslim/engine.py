@@ -180,7 +180,6 @@ def process(
     flow_probes: int = FLOW_PROBES,
     offsets: OffsetMapWriter | None = None,
     compress_level: int | None = None,
-    compress_threads: int = 0,
     follow: Growing | None = None,
 ) -> SlimStats:
     """Slim the capture open on `fd` into `sink` (or only analyse it when sink is None).
@@ -192,10 +191,9 @@ def process(
     new position.
 
     A gzip or zstd file is read through its decompressor, and slimmed into the same
-    compression (at `compress_level`, the codec's default when None; zstd with
-    `compress_threads` worker threads); analysed, it is compressed only to count the bytes a
-    slim copy would take. With `spare_core`, helper threads map the next window in, copy
-    and compress beside the index pass."""
+    compression (at `compress_level`, the codec's default when None); analysed, it is
+    compressed only to count the bytes a slim copy would take. With `spare_core`, helper
+    threads map the next window in, copy and compress beside the index pass."""
     if rules not in (RULES_COMPATIBLE, RULES_FORENSIC):
         raise ValueError(f"rules must be {RULES_COMPATIBLE!r} or {RULES_FORENSIC!r}, not {rules!r}")
     if flow_slots < 1 or flow_slots & (flow_slots - 1) or not 1 <= flow_probes <= flow_slots:
@@ -233,9 +231,7 @@ def process(
                 if src.codec is not None and decide and out is None:
                     if sink is not None and not isinstance(sink, FdSink):
                         raise TypeError("a compressed slim copy is written to a file (an FdSink)")
-                    out = CompressedSink(
-                        sink, src.codec, compress_level, compress_threads, spare_core
-                    )
+                    out = CompressedSink(sink, src.codec, compress_level, spare_core)
                     run.sink = out
                 try:
                     out_pos, end = _run(run, src, fmt, inline)

@@ -81,24 +81,24 @@ class CompressedSink:
     With `ahead`, the compressor works on a helper thread of the writer's: each write is
     copied into a buffer of the sink's and compressed while the writer copies the next window;
     a write waits for the one before. Compressing the slim bytes takes about as long as the
-    rest of a zstd file's pass here; zstd's own worker threads (`threads`) would do the same at
+    rest of a zstd file's pass here; zstd's own worker threads would do the same at
     the cost of their job buffers (30 MiB at level 3)."""
 
     seekable = False
 
     def __init__(
-        self, inner: FdSink | None, codec: str, level: int | None, threads: int, ahead: bool = True
+        self, inner: FdSink | None, codec: str, level: int | None, ahead: bool = True
     ) -> None:
         self.inner = inner
         self.ahead = ahead  # on a helper thread (else in the writer's)
-        self.codec, self.level, self.threads = codec, level, threads
+        self.codec, self.level = codec, level
         self._counted = 0
         self._buf = np.empty(0, dtype=np.uint8)  # what the job in flight compresses
         self._pending: Future[None] | None = None
         self._start()
 
     def _start(self) -> None:
-        self._z = Compressor(self.codec, self._emit, self.level, self.threads)
+        self._z = Compressor(self.codec, self._emit, self.level)
 
     def _emit(self, chunk: bytes) -> None:
         if self.inner is not None:

@@ -254,7 +254,6 @@ JOB_AS_SEEN = """{
     "use_mmap": job.use_mmap,
     "io_rate": job.io.bucket.rate if job.io else None,
     "cpu": (job.cpu.base_percent, job.cpu.backoff_above, job.cpu.strength) if job.cpu else None,
-    "compress_threads": job.compress_threads,
     "window_bytes": job.window_bytes,
     "spare_core": job.spare_core,
     "stop": (isinstance(job.shutdown, __import__("pcapslim.shutdown").shutdown.Shutdown),

@@ -1,7 +1,8 @@
 """Resident memory does not grow with the file: a whole `pcap-slim` process over a capture of
-several hundred MB keeps its peak resident size (the kernel's ru_maxrss, which counts the
-mapped pages of the input) under the 64 MiB the memory budget allows on any file size. Before
-the mapping was released behind the pass, a mapped run's peak was the file's size.
+several hundred MB keeps its peak resident size (the kernel's high-water mark VmHWM, which
+counts the mapped pages of the input) under the 64 MiB the memory budget allows on any file
+size. Before the mapping was released behind the pass, a mapped run's peak was the file's
+size.
 
 (The same bound on 4 GiB, with the zstd and forensic modes, is in benches/budgets.toml.)
 """
@@ -11,12 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from support.cli import CLI
 
+from benches.budget_check import communicate_with_peak
 from benches.gen_capture import ensure
 
 pytestmark = pytest.mark.slow  # whole processes over large files; no kernel is covered here
@@ -32,24 +33,11 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def peak(*args: object) -> int:
-    """The peak resident bytes of a whole run of the command: its memory's high-water mark
-    (VmHWM), read until it ends (wait4's ru_maxrss would start from this test process's own
-    size, which the child inherits at the fork)."""
+    """The peak resident bytes of a whole run of the command (its VmHWM, read until it ends,
+    as benches/budget_check reads it)."""
     p = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)  # fmt: skip
-    hwm = 0
-    while p.poll() is None:
-        try:
-            with open(f"/proc/{p.pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        hwm = max(hwm, int(line.split()[1]) * 1024)
-        except OSError:
-            pass
-        time.sleep(0.005)
-    err = p.stderr.read() if p.stderr else b""
-    if p.stderr:
-        p.stderr.close()
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _, err, hwm = communicate_with_peak(p)
     assert p.returncode == 0, err
     return hwm
 

@@ -255,11 +255,8 @@ def test_the_job_follows_the_options():  # type: ignore[no-untyped-def]
     job = build_job(Options(workers=4, max_io_mbps=2, stop=stop))
     assert not job.use_mmap  # more than two files at once: buffered reads
     assert job.io is not None and job.io.sleep == stop.sleep and job.shutdown is stop
-    assert job.compress_threads == 0  # the copy stage's thread compresses
     assert build_job(Options(workers=2)).use_mmap
     assert build_job(Options(workers=4, mmap=True)).use_mmap
-    assert build_job(Options(max_cpu_percent=50)).compress_threads == 0
-    assert build_job(Options(workers=1)).compress_threads == 0
 
 
 def test_reports_metrics_and_the_run_layer_load_without_the_engine():  # type: ignore[no-untyped-def]
