@@ -19,6 +19,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 
@@ -185,7 +186,7 @@ class Target:
         p = Path(path)
         return cls(p.parent, (), p.name)
 
-    @property
+    @cached_property
     def path(self) -> Path:
         return self.root.joinpath(*self.parts, self.name)
 

@@ -134,13 +134,24 @@ class _Sections:
 
 
 def _count(
-    stats: SlimStats, rec: npt.NDArray[np.int64], n: int, cat_counts: npt.NDArray[np.int64]
+    stats: SlimStats,
+    rec: npt.NDArray[np.int64],
+    n: int,
+    cat_counts: npt.NDArray[np.int64],
+    linktype: int | None,
 ) -> None:
+    """Add a window's records to the counts; `linktype` is every record's link type when the
+    format has only one (classic pcap: every record is a packet of the file's link type)."""
+    stats.records += n
+    cat_counts += np.bincount(rec[:n, F_CAT], minlength=N_CATEGORIES)
+    if linktype is not None:
+        stats.in_pkts += n
+        key = str(linktype)
+        stats.linktypes[key] = stats.linktypes.get(key, 0) + n
+        return
     kinds = rec[:n, F_KIND]
     packets = kinds <= KIND_OTHER_PACKET
     stats.in_pkts += int(np.count_nonzero(packets))
-    stats.records += n
-    cat_counts += np.bincount(rec[:n, F_CAT], minlength=N_CATEGORIES)
     links = rec[:n, F_LINK][packets]
     links = links[links >= 0]
     if links.size and links.min() == links.max():  # the common case: one link type
@@ -226,7 +237,9 @@ def process(
                 stats.in_bytes = src.disk_size
                 stats.compression = src.codec
                 head_buf, _, h0, h1 = src.window(0, 24)
-                fmt = detect_format(bytes(head_buf[h0:h1]), path, src.codec)
+                head = bytes(head_buf[h0:h1])
+                del head_buf  # no view outlives the source: its mapping closes with it
+                fmt = detect_format(head, path, src.codec)
                 stats.format = fmt.name
                 if src.codec is not None and decide and out is None:
                     if sink is not None and not isinstance(sink, FdSink):
@@ -452,7 +465,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
                 sections.feed(buf, rec, n, out_pos, out_off)
             if run.offsets is not None:
                 run.offsets.add(base + rec[:n, F_START], out_pos + out_off)
-            _count(stats, rec, n, cat_counts)
+            _count(stats, rec, n, cat_counts, None if pcapng else fmt.linktype)
             if run.on_window is not None:
                 run.on_window(buf, rec, n)
             stage.submit(buf, n, out_off, total)

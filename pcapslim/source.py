@@ -85,6 +85,7 @@ class Source:
 
 
 POPULATE_STEP = 1 << 20  # the helper maps a window in in steps of this many bytes
+POPULATE_LEAD = 256 << 10  # the index pass maps its first bytes itself: the helper starts after
 
 
 class MappedSource(Source):
@@ -117,7 +118,9 @@ class MappedSource(Source):
         stop = min(pos + want, self.size)
         self._release(min(self._last, pos) if self.behind else pos)
         self._last = pos
-        if stop < self.size and self._map_ahead:  # more to go: map the next window meanwhile
+        # map in what is left of this window ahead of the index pass and the next window
+        # meanwhile (not for a read of the file's header)
+        if stop < self.size and self._map_ahead and want >= POPULATE_STEP:
             if self._ahead is None:
                 self._ahead = _Populator(self._arr.ctypes.data, stop)
             self._ahead.floor = stop
