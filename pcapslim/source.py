@@ -425,6 +425,15 @@ def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> St
     return StreamSource(read_into, capacity, os.fstat(fd).st_size)
 
 
+def read_ahead_source(fd: int, capacity: int) -> PrefetchSource:
+    """Sequential reads of the file on a helper thread, ahead of the index pass."""
+
+    def read_into(view: memoryview, offset: int) -> int:
+        return os.preadv(fd, [view], offset)
+
+    return PrefetchSource(read_into, capacity, os.fstat(fd).st_size)
+
+
 class DecompressedSource(PrefetchSource):
     """What a gzip or zstd file decompresses to, as a stream decompressed ahead."""
 
@@ -453,8 +462,9 @@ def open_source(
     map_ahead: bool = True,
 ) -> Source:
     """A compressed file (by its magic bytes) is always read as a stream; a plain one is
-    mapped, or read in a stream when use_mmap is false. With `follow`, the file is still being
-    written: it is read as a stream that waits at its end until the writer is done."""
+    mapped, or read in a stream when use_mmap is false (read ahead on a helper thread with
+    `map_ahead`: a core to spare). With `follow`, the file is still being written: it is read
+    as a stream that waits at its end until the writer is done."""
     if follow is not None:
         follow.wait_beyond(3)
     codec = detect(os.pread(fd, 4, 0))
@@ -462,4 +472,6 @@ def open_source(
         return DecompressedSource(fd, codec, capacity, path, follow)
     if use_mmap and follow is None:
         return MappedSource(fd, map_ahead)
+    if map_ahead and follow is None:
+        return read_ahead_source(fd, capacity)
     return buffered_source(fd, capacity, follow)

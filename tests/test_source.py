@@ -22,6 +22,7 @@ from support.engine_io import slim_with_engine
 from test_compressed import gzip_cli, zstd_frames
 
 from pcapslim import synth
+from pcapslim.engine import process
 from pcapslim.source import PrefetchSource, open_source
 
 
@@ -157,6 +158,33 @@ def test_compressed_window_and_budget_never_change_the_output(tmp_path, codec, w
     )
     assert unpacked == expected.data
     assert st.in_pkts == expected.packets and st.tail_bytes == expected.tail
+
+
+@pytest.mark.parametrize("spare_core", [True, False])
+@pytest.mark.parametrize("window,budget", [(64, 1), (1000, 3), (4096, 7), (1 << 20, 1 << 16)])
+def test_buffered_reads_ahead_or_not_never_change_the_output(tmp_path, spare_core, window, budget):  # type: ignore[no-untyped-def]
+    """A plain file read without mapping: on a helper thread ahead of the index pass (a core to
+    spare) or in the pass's own thread; records across segments and one larger than a window,
+    slimmed and only checked."""
+    r = random.Random(window + budget)
+    recs = [synth.Record(randframes.frame(r, 1), ts=i) for i in range(300)]
+    recs.insert(150, synth.Record(bytes(14) + bytes(20_000)))  # larger than small windows
+    data = synth.pcap_bytes(recs) + b"\x01" * 7  # and a tail cut inside a record header
+    expected = naive.slim_bytes(data)
+    src = tmp_path / "a.pcap"
+    src.write_bytes(data)
+    dst = tmp_path / "out"
+    kw = dict(use_mmap=False, spare_core=spare_core, window_bytes=window, max_records=budget)
+    st = slim_with_engine(src, dst, **kw)
+    assert dst.read_bytes() == expected.data
+    assert st.in_pkts == expected.packets and st.tail_bytes == expected.tail == 7
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        checked = process(str(src), fd, None, **kw)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+    assert (checked.out_bytes, checked.truncated) == (len(expected.data), st.truncated)
+    assert not _helpers()
 
 
 def _mapped_rss(address: int) -> int:
