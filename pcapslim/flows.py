@@ -50,7 +50,7 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
     name = os.fspath(path)
     fd = open_capture(name)
     try:
-        with open_source(fd, False, 64, name) as src:  # compressed: what it holds
+        with open_source(fd, False, 64, name, spare_core=False) as src:  # compressed: what it holds
             buf, _, start, end = src.window(0, 24)
             fmt = detect_format(bytes(buf[start:end]), name, src.codec)
         pcapng = fmt.name == "pcapng"

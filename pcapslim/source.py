@@ -85,7 +85,6 @@ class Source:
 
 
 POPULATE_STEP = 1 << 20  # the helper maps a window in in steps of this many bytes
-POPULATE_LEAD = 256 << 10  # the index pass maps its first bytes itself: the helper starts after
 
 
 class MappedSource(Source):
@@ -118,8 +117,7 @@ class MappedSource(Source):
         stop = min(pos + want, self.size)
         self._release(min(self._last, pos) if self.behind else pos)
         self._last = pos
-        # map in what is left of this window ahead of the index pass and the next window
-        # meanwhile (not for a read of the file's header)
+        # more to go: map the next window in meanwhile (not behind a read of the file's header)
         if stop < self.size and self._map_ahead and want >= POPULATE_STEP:
             if self._ahead is None:
                 self._ahead = _Populator(self._arr.ctypes.data, stop)
@@ -266,7 +264,7 @@ class PrefetchSource(Source):
     ) -> None:
         self.disk_size = disk_size
         self._consumed = consumed
-        self._segment = max(1, min(capacity, self.SEGMENT))
+        self._segment = self.segment_for(capacity)
         self._head = min(self.HEADROOM, self._segment)
         self._ahead = _Prefetcher(read_into, self._segment, self._head, self.BUFFERS)
         self._buf: Bytes = np.empty(0, dtype=np.uint8)  # the current window's array
@@ -276,6 +274,11 @@ class PrefetchSource(Source):
         self._lo = self._hi = 0  # self._buf[lo:hi] holds capture bytes
         self._eof = False  # the capture ends at self._base + self._hi
         self._short_at = -1  # where the last window shorter than asked began
+
+    @classmethod
+    def segment_for(cls, capacity: int) -> int:
+        """The bytes of each segment read ahead for windows of `capacity` bytes."""
+        return max(1, min(capacity, cls.SEGMENT))
 
     def window(self, pos: int, want: int) -> tuple[Bytes, int, int, int]:
         if pos < self._base + self._lo:
@@ -413,8 +416,8 @@ class _Prefetcher:
         self._thread.join()
 
 
-def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> StreamSource:
-    """Sequential reads of the file itself (with `follow`, of a file still being written)."""
+def _file_reader(fd: int, follow: Growing | None) -> Callable[[memoryview, int], int]:
+    """read_into for the file itself (with `follow`, for a file still being written)."""
 
     def read_into(view: memoryview, offset: int) -> int:
         def read() -> int:
@@ -422,16 +425,17 @@ def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> St
 
         return read() if follow is None else follow.read_at(read, offset)
 
-    return StreamSource(read_into, capacity, os.fstat(fd).st_size)
+    return read_into
 
 
-def read_ahead_source(fd: int, capacity: int) -> PrefetchSource:
-    """Sequential reads of the file on a helper thread, ahead of the index pass."""
+def buffered_source(fd: int, capacity: int, follow: Growing | None = None) -> Source:
+    """Sequential reads of the file itself (with `follow`, of a file still being written)."""
+    return StreamSource(_file_reader(fd, follow), capacity, os.fstat(fd).st_size)
 
-    def read_into(view: memoryview, offset: int) -> int:
-        return os.preadv(fd, [view], offset)
 
-    return PrefetchSource(read_into, capacity, os.fstat(fd).st_size)
+# a file read ahead on a helper thread spans more than this many segments: a smaller one is
+# read whole before its pass could start, and the thread's start is all the helper adds
+READ_AHEAD_MIN_SEGMENTS = 2
 
 
 class DecompressedSource(PrefetchSource):
@@ -459,19 +463,22 @@ def open_source(
     capacity: int,
     path: str = "",
     follow: Growing | None = None,
-    map_ahead: bool = True,
+    spare_core: bool = True,
 ) -> Source:
     """A compressed file (by its magic bytes) is always read as a stream; a plain one is
-    mapped, or read in a stream when use_mmap is false (read ahead on a helper thread with
-    `map_ahead`: a core to spare). With `follow`, the file is still being written: it is read
-    as a stream that waits at its end until the writer is done."""
+    mapped, or read in a stream when use_mmap is false. With `spare_core`, helper threads map
+    the next window in, or read a file of several segments ahead. With `follow`, the file is
+    still being written: it is read as a stream that waits at its end until the writer is
+    done."""
     if follow is not None:
         follow.wait_beyond(3)
     codec = detect(os.pread(fd, 4, 0))
     if codec is not None:
         return DecompressedSource(fd, codec, capacity, path, follow)
     if use_mmap and follow is None:
-        return MappedSource(fd, map_ahead)
-    if map_ahead and follow is None:
-        return read_ahead_source(fd, capacity)
+        return MappedSource(fd, spare_core)
+    size = os.fstat(fd).st_size
+    segment = PrefetchSource.segment_for(capacity)
+    if spare_core and follow is None and size > READ_AHEAD_MIN_SEGMENTS * segment:
+        return PrefetchSource(_file_reader(fd, None), capacity, size)
     return buffered_source(fd, capacity, follow)

@@ -164,8 +164,8 @@ def test_compressed_window_and_budget_never_change_the_output(tmp_path, codec, w
 @pytest.mark.parametrize("window,budget", [(64, 1), (1000, 3), (4096, 7), (1 << 20, 1 << 16)])
 def test_buffered_reads_ahead_or_not_never_change_the_output(tmp_path, spare_core, window, budget):  # type: ignore[no-untyped-def]
     """A plain file read without mapping: on a helper thread ahead of the index pass (a core to
-    spare) or in the pass's own thread; records across segments and one larger than a window,
-    slimmed and only checked."""
+    spare, a file of more than two segments) or in the pass's own thread; records across
+    segments and one larger than a window, slimmed and only checked."""
     r = random.Random(window + budget)
     recs = [synth.Record(randframes.frame(r, 1), ts=i) for i in range(300)]
     recs.insert(150, synth.Record(bytes(14) + bytes(20_000)))  # larger than small windows
@@ -173,6 +173,13 @@ def test_buffered_reads_ahead_or_not_never_change_the_output(tmp_path, spare_cor
     expected = naive.slim_bytes(data)
     src = tmp_path / "a.pcap"
     src.write_bytes(data)
+    fd = os.open(src, os.O_RDONLY)
+    try:  # read ahead only with a core to spare, and a file of more than two segments
+        with open_source(fd, False, window, spare_core=spare_core) as source:
+            ahead = spare_core and len(data) > 2 * min(window, 4 << 20)
+            assert isinstance(source, PrefetchSource) == ahead, (len(data), window)
+    finally:
+        os.close(fd)
     dst = tmp_path / "out"
     kw = dict(use_mmap=False, spare_core=spare_core, window_bytes=window, max_records=budget)
     st = slim_with_engine(src, dst, **kw)
