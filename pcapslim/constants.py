@@ -15,10 +15,17 @@ CAT_TLS = 1  # TLS port, first payload byte not handshake-class
 CAT_TLS_OTHER_PORT = 2  # no TLS port, first payload byte 0x17
 CAT_SSH = 3  # port 22, payload does not start with "SSH-"
 CAT_QUIC = 4  # UDP port 443
-CAT_IPSEC = 5  # UDP port 500 or 4500
-N_CATEGORIES = 6
+CAT_IPSEC = 5  # UDP port 500 or 4500; under the forensic rules also ESP (IP protocol 50)
+# the forensic rules only (SPEC §9)
+CAT_WIREGUARD = 6  # WireGuard transport data
+CAT_OPENVPN = 7  # OpenVPN data packets (UDP, or whole TCP segments of them)
+CAT_DTLS = 8  # DTLS application data, connection-id records, DTLS 1.3 ciphertext
+CAT_SRTP = 9  # SRTP and SRTCP in a flow that carried a DTLS handshake
+CAT_SMB3 = 10  # SMB 3 transform (encrypted) messages
+N_CATEGORIES = 11
 
-CATEGORY_NAMES = ("tls", "tls_other_port", "ssh", "quic", "ipsec")  # codes 1..5 in order
+CATEGORY_NAMES = ("tls", "tls_other_port", "ssh", "quic", "ipsec", "wireguard", "openvpn", "dtls",
+                  "srtp", "smb3")  # codes 1..10 in order  # fmt: skip
 
 # --- record kinds, as the index kernels classify them --------------------------------------
 KIND_PACKET = 0  # classic pcap record or pcapng enhanced packet block
@@ -135,6 +142,8 @@ PORT_SSH = 22
 PORT_QUIC = 443
 PORT_IKE = 500
 PORT_IKE_NAT_T = 4500
+PORT_WIREGUARD = 51820
+PORT_OPENVPN = 1194
 TLS_PORTS = (443, 853, 465, 993, 995, 8443, 5061)
 
 # --- record table: one int64 row per record, filled by the index kernels -------------------
@@ -192,6 +201,29 @@ QUIC_V2 = 0x6B3343CF
 IKE_HDR_LEN = 28
 IKE_SA_INIT = 34  # IKEv2 exchange type
 IKE_FLAG_ENCRYPTION = 0x01  # IKEv1 flags: the rest of the message is encrypted
+# SPEC §9
+WG_INITIATION = 1  # message types, each followed by three zero bytes
+WG_RESPONSE = 2
+WG_COOKIE = 3
+WG_DATA = 4
+WG_INITIATION_LEN = 148  # exact payload lengths of the handshake messages
+WG_RESPONSE_LEN = 92
+WG_COOKIE_LEN = 64
+WG_DATA_MIN = 32  # header 16 + an empty, authenticated packet 16
+OVPN_HARD_RESET_CLIENT_V2 = 7  # opcodes (first byte >> 3)
+OVPN_HARD_RESET_SERVER_V2 = 8
+OVPN_HARD_RESET_CLIENT_V3 = 10
+OVPN_DATA_V1 = 6
+OVPN_DATA_V2 = 9
+OVPN_MAX_OPCODE = 11
+OVPN_TCP_MIN_START = 14  # a plausible first packet of a TCP direction is at least this long
+DTLS_HDR_LEN = 13
+DTLS_ACK = 26
+DTLS_CID = 25  # a DTLS 1.2 record with a connection id: ciphertext
+SMB_NB_HDR_LEN = 4  # 00 and a 24-bit length before each SMB2/3 message over TCP (then its id)
+SMB2_PLAIN = 0xFE  # protocol id first bytes: fe 'SMB' message, fd 'SMB' transform (encrypted),
+SMB2_TRANSFORM = 0xFD  # fc 'SMB' compressed
+SMB2_COMPRESSED = 0xFC
 FLOW_SLOTS = (
     1 << 18
 )  # directions the forensic table holds (16 MiB; a third full at 40,000 connections)
@@ -214,10 +246,11 @@ T_LAST = 6  # last use, for taking over the least recently used slot
 T_REM_HDR = 7  # bytes left (while no header byte is gathered), else the header, first byte highest
 N_TFIELDS = 8
 # fields of T_HEAD: (shift, mask)
-H_VERSION = (0, 0xF)
+H_VERSION = (0, 0xF)  # 4 or 6 for a TCP direction; 8 added for a UDP flow (SPEC §9)
 H_MODE = (4, 0xF)
 H_PHASE = (8, 0xF)
 H_HAVE = (12, 0xF)  # header bytes gathered so far
-H_RTYPE = (16, 0xFF)  # type of the current TLS record
+H_RTYPE = (16, 0xFF)  # type of the current TLS record, SMB protocol byte or OpenVPN opcode
+H_KIND = (8, 0xF)  # what a UDP flow carries (its rows have no phase): a FK_* code
 H_PORTS = (24, 0xFFFFFFFF)
 H_KEY_MASK = 0xF | (0xFFFFFFFF << 24)  # the key's bits of T_HEAD: version and ports

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .constants import RULES_FORENSIC
 from .results import (
     STATUS_ABANDONED,
     STATUS_BUSY,
@@ -19,12 +20,17 @@ from .results import (
 
 
 def human_line(r: FileResult) -> str:
+    """The native tool's line (SPEC §6); under the forensic rules, which it does not have, the
+    categories that cut something follow it (`tls=12 wireguard=3`)."""
     if r.status == STATUS_OK and r.stats is not None:
         s = r.stats
-        return (
+        line = (
             f"ok {r.path} pkts={s.in_pkts} truncated={s.truncated} in={s.in_bytes} "
             f"out={s.out_bytes} ({s.elapsed_ms}ms)"
         )
+        if s.rules == RULES_FORENSIC:
+            line += "".join(f" {k}={n}" for k, n in s.truncated_by.items() if n)
+        return line
     if r.status == STATUS_MARKED:
         return f"skip (marked): {r.path}"
     if r.status == STATUS_BUSY:

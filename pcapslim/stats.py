@@ -10,7 +10,7 @@ from .constants import CATEGORY_NAMES
 
 @dataclass
 class SlimStats:
-    """Counters for one file. `truncated_by` always has all five categories."""
+    """Counters for one file. `truncated_by` always has every category, zeros included."""
 
     path: str
     format: str = ""

@@ -170,13 +170,16 @@ def udp_datagram(r: random.Random, n: int) -> bytes:
 
 
 def capture_packets(
-    seed: int, conversations: int, datagrams: int, shaped: bool = False
+    seed: int, conversations: int, datagrams: int, shaped: bool = False, more_flows: int = 0
 ) -> list[bytes]:
     """IP packets of conversations interleaved (each keeps its own order) and UDP datagrams
-    among them."""
+    among them; with `more_flows`, that many flows of the protocols of SPEC §9 too (drawn
+    from their own generator, so the earlier ones stay the same for a seed)."""
     r = random.Random(seed)
     queues = [conversation(r, i, shaped) for i in range(conversations)]
     queues += [[udp_datagram(r, i)] for i in range(datagrams)]
+    r9 = random.Random(seed + 0x9999)
+    queues += [more_encrypted_flow(r9, i, shaped) for i in range(more_flows)]
     packets = []
     while queues:
         q = r.choice(queues)
@@ -189,3 +192,212 @@ def capture_packets(
 def capture_frames(seed: int, conversations: int, datagrams: int) -> list[bytes]:
     """The same as Ethernet frames."""
     return [synth.eth_ip(p) for p in capture_packets(seed, conversations, datagrams)]
+
+
+# --- SPEC §9: more encrypted protocols ------------------------------------------------------
+
+
+def _udp_flow(r: random.Random, n: int, v6: bool, shape: IpShape, port: int,
+              datagrams: list[tuple[bool, bytes]]) -> list[bytes]:  # fmt: skip
+    """(from the client?, payload) datagrams as IP packets of one UDP flow."""
+    c = f"2001:db8:9::{n + 1:x}" if v6 else f"10.9.{n // 250}.{n % 250 + 1}"
+    s = "2001:db8:9:ff::1" if v6 else "198.51.100.9"
+    cport = r.choice((port, 20000 + n, 51820, 1194))
+    out = []
+    for up, payload in datagrams:
+        if up:
+            out.append(_ip(v6, shape, c, s, synth.udp(cport, port, payload), 17))
+        else:
+            out.append(_ip(v6, shape, s, c, synth.udp(port, cport, payload), 17))
+    return out
+
+
+def _mid_session(r: random.Random, items: list) -> list:  # type: ignore[type-arg]
+    """Now and then the capture starts after the handshake, or a datagram is lost."""
+    if len(items) > 3 and r.random() < 0.25:
+        items = items[r.randrange(1, len(items) - 1) :]
+    if len(items) > 3 and r.random() < 0.2:
+        del items[r.randrange(len(items))]
+    return items
+
+
+def wireguard_datagrams(r: random.Random) -> list[tuple[bool, bytes]]:
+    def msg(t: int, n: int) -> bytes:
+        return bytes([t, 0, 0, 0]) + r.randbytes(n - 4)
+
+    out = [(True, msg(1, 148)), (False, msg(2, 92))]
+    if r.random() < 0.2:
+        out.insert(1, (False, msg(3, 64)))
+    for _ in range(r.randrange(2, 12)):
+        n = r.choice((32, 48, 16 + 16 * r.randrange(1, 90), 33, 40, 20))  # some not data-shaped
+        out.append((r.random() < 0.5, msg(4, n)))
+    if r.random() < 0.2:
+        out.append((True, msg(1, 149)))  # the wrong length: not a handshake
+    if r.random() < 0.2:
+        out.append((False, r.randbytes(r.randrange(1, 300))))  # something else in the flow
+    return _mid_session(r, out)
+
+
+def openvpn_packet(r: random.Random, opcode: int, n: int | None = None) -> bytes:
+    key = 0 if opcode in (7, 8, 10) else r.choice((0, 0, 1, 2))
+    if r.random() < 0.05:
+        key = 1  # a hard reset with a key id: not one
+    size = n if n is not None else r.randrange(13, 400)
+    return bytes([(opcode << 3) | key]) + r.randbytes(size)
+
+
+def openvpn_datagrams(r: random.Random) -> list[tuple[bool, bytes]]:
+    out = [(True, openvpn_packet(r, r.choice((7, 10)))), (False, openvpn_packet(r, 8))]
+    for _ in range(r.randrange(2, 14)):
+        out.append((r.random() < 0.5, openvpn_packet(r, r.choice((4, 5, 6, 9, 9, 9, 3, 11)))))
+    return _mid_session(r, out)
+
+
+def openvpn_tcp_stream(r: random.Random, client: bool) -> bytes:
+    first = r.choice((7, 10)) if client else 8
+    packets = [openvpn_packet(r, first, r.randrange(13, 80))]
+    if r.random() < 0.1:
+        packets[0] = openvpn_packet(r, first, r.randrange(0, 12))  # too short to start
+    for _ in range(r.randrange(2, 12)):
+        packets.append(openvpn_packet(r, r.choice((4, 5, 6, 9, 9, 9)), r.randrange(0, 1600)))
+    if r.random() < 0.1:
+        packets.append(bytes([0xF8]) + r.randbytes(20))  # opcode 31: the position is lost
+    return b"".join(struct.pack("!H", len(p)) + p for p in packets)
+
+
+def smb_stream(r: random.Random) -> bytes:
+    def message(kind: int, n: int) -> bytes:
+        body = bytes([kind]) + b"SMB" + r.randbytes(n)
+        if r.random() < 0.3:
+            body = body[:4] + b"\x17\x03\x03" + body[7:]  # cleartext that looks like TLS
+        return b"\x00" + len(body).to_bytes(3, "big") + body
+
+    msgs = [message(0xFE, r.randrange(60, 200)), message(0xFE, r.randrange(60, 400))]
+    encrypted = r.random() < 0.6
+    for _ in range(r.randrange(2, 10)):
+        kind = 0xFD if encrypted and r.random() < 0.85 else r.choice((0xFE, 0xFC))
+        msgs.append(message(kind, r.choice((48, 100, 1400, r.randrange(0, 9000)))))
+    if r.random() < 0.1:
+        msgs.append(b"\x85\x00\x00\x00")  # a NetBIOS keepalive: no SMB message
+    return b"".join(msgs)
+
+
+def dtls_record(r: random.Random, rtype: int, n: int, version: bytes = b"\xfe\xfd") -> bytes:
+    return bytes([rtype]) + version + r.randbytes(8) + struct.pack("!H", n) + r.randbytes(n)
+
+
+def dtls_datagrams(r: random.Random, media: bool) -> list[tuple[bool, bytes]]:
+    """A DTLS session (1.0 or 1.2), with STUN and SRTP on the same flow when `media`."""
+    ver = r.choice((b"\xfe\xfd", b"\xfe\xff"))
+
+    def dgram(*types: int) -> bytes:
+        return b"".join(dtls_record(r, t, r.randrange(0, 300), ver) for t in types)
+
+    def stun() -> bytes:
+        return bytes([0, 1]) + struct.pack("!H", 40) + b"\x21\x12\xa4\x42" + r.randbytes(52)
+
+    out: list[tuple[bool, bytes]] = []
+    if media:
+        out += [(True, stun()), (False, stun())]
+    out += [(True, dgram(22)), (False, dgram(22, 22)), (True, dgram(22, 20, 22)),
+            (False, dgram(20, 22))]  # fmt: skip
+    for _ in range(r.randrange(2, 12)):
+        pick = r.random()
+        if pick < 0.3:
+            payload = dgram(*[r.choice((23, 23, 25)) for _ in range(r.randrange(1, 3))])
+        elif pick < 0.4:
+            payload = dgram(23, r.choice((21, 26, 24)))
+        elif pick < 0.5:
+            bad = bytearray(dgram(23))
+            bad[-1 if len(bad) > 13 else 0] ^= 0xFF
+            payload = bytes(bad) + b"x"  # the lengths do not fill the datagram
+        elif pick < 0.6:
+            payload = bytes([r.randrange(0x20, 0x40)]) + r.randbytes(r.randrange(10, 200))
+        elif pick < 0.85 and media:
+            payload = bytes([r.randrange(128, 192)]) + r.randbytes(r.randrange(11, 300))
+        else:
+            payload = stun() if media else dgram(23)
+        out.append((r.random() < 0.5, payload))
+    return _mid_session(r, out)
+
+
+def rtp_datagrams(r: random.Random) -> list[tuple[bool, bytes]]:
+    """Plain RTP with no DTLS handshake: never cut."""
+    return [(True, bytes([0x80, 0]) + r.randbytes(r.randrange(12, 300)))
+            for _ in range(r.randrange(2, 10))]  # fmt: skip
+
+
+def quic_datagrams(r: random.Random) -> list[tuple[bool, bytes]]:
+    def long(ptype: int, version: int) -> bytes:
+        return (
+            bytes([0xC0 | (ptype << 4)])
+            + struct.pack("!I", version)
+            + r.randbytes(r.randrange(20, 1200))
+        )
+
+    v = r.choice((1, 0x6B3343CF))
+    initial = 0 if v == 1 else 1
+    out = [(True, long(initial, v)), (False, long(initial, v))]
+    for _ in range(r.randrange(2, 12)):
+        pick = r.random()
+        if pick < 0.5:
+            payload = bytes([r.randrange(0x40, 0x80)]) + r.randbytes(r.randrange(20, 1200))
+        elif pick < 0.9:
+            payload = long(r.randrange(4), r.choice((v, v, 0xFF00001D)))
+        else:
+            payload = bytes([r.randrange(0x80, 0xC0)]) + r.randbytes(r.randrange(20, 300))
+        out.append((r.random() < 0.5, payload))
+    return _mid_session(r, out)
+
+
+def esp_packet(r: random.Random, n: int, shape: IpShape) -> bytes:
+    v6 = r.random() < 0.3
+    esp = r.randbytes(r.choice((8, 24, 25, 40, r.randrange(0, 1400))))
+    c = f"2001:db8:50::{n + 1:x}" if v6 else f"10.50.{n // 250}.{n % 250 + 1}"
+    s = "2001:db8:50:ff::1" if v6 else "203.0.113.50"
+    if v6:
+        ext = list(shape.v6_chain) if shape.v6_chain else []
+        if r.random() < 0.1:
+            ext.append(synth.fragment(offset=r.choice((0, 8)), more=True))
+        return synth.ipv6(esp, 50, c, s, ext=ext)
+    frag = 0x4000 if r.random() < 0.9 else r.choice((0x2000, 0x0010))
+    return synth.ipv4(esp, 50, c, s, options=shape.v4_options, flags_frag=frag)
+
+
+def more_encrypted_flow(r: random.Random, n: int, shaped: bool = False) -> list[bytes]:
+    """The IP packets of one flow of a SPEC §9 protocol, in capture order."""
+    kind = r.choice(("wireguard", "openvpn", "openvpn_tcp", "smb", "dtls", "webrtc", "rtp",
+                     "quic", "esp"))  # fmt: skip
+    v6 = r.random() < 0.3
+    shape = ip_shape(r, v6) if shaped else IpShape()
+    if kind == "esp":
+        return [esp_packet(r, n, shape) for _ in range(r.randrange(1, 6))]
+    if kind in ("openvpn_tcp", "smb"):
+        port = 445 if kind == "smb" else r.choice((1194, 1194, 443, 8000))
+        if kind == "smb":
+            up, down = smb_stream(r), smb_stream(r)
+        else:
+            up, down = openvpn_tcp_stream(r, True), openvpn_tcp_stream(r, False)
+        c = f"2001:db8:44::{n + 1:x}" if v6 else f"10.44.{n // 250}.{n % 250 + 1}"
+        s = "2001:db8:44:ff::1" if v6 else "192.0.2.44"
+        ups = perturb(r, segments(r, up, r.randrange(1 << 32)))
+        downs = perturb(r, segments(r, down, r.randrange(1 << 32)))
+        cport = 30000 + n
+        packets = []
+        while ups or downs:
+            side = ups if (ups and (not downs or r.random() < 0.5)) else downs
+            seq, data = side.pop(0)
+            if side is ups:
+                packets.append(_ip(v6, shape, c, s, synth.tcp(cport, port, data, seq=seq), 6))
+            else:
+                packets.append(_ip(v6, shape, s, c, synth.tcp(port, cport, data, seq=seq), 6))
+        return packets
+    port, datagrams = {
+        "wireguard": lambda: (r.choice((51820, 41000)), wireguard_datagrams(r)),
+        "openvpn": lambda: (r.choice((1194, 1194, 5000)), openvpn_datagrams(r)),
+        "dtls": lambda: (r.choice((4433, 5684)), dtls_datagrams(r, media=False)),
+        "webrtc": lambda: (r.randrange(49152, 65536), dtls_datagrams(r, media=True)),
+        "rtp": lambda: (r.choice((5004, 16384)), rtp_datagrams(r)),
+        "quic": lambda: (r.choice((4433, 8853, 784)), quic_datagrams(r)),
+    }[kind]()
+    return _udp_flow(r, n, v6, shape, port, datagrams)

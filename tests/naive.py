@@ -108,7 +108,9 @@ def _ip4_route_dst(hdr: bytes) -> bytes:
 
 @dataclass
 class Network:
-    """What the IP layer of a frame says: l4 is None when no TCP/UDP header is reachable."""
+    """What the IP layer of a frame says: l4 is None when no TCP/UDP header is reachable; esp
+    is where an ESP header starts (IPv4 protocol 50 not fragmented, or an IPv6 walk ending on
+    next header 50), for the forensic rules of SPEC §9.6."""
 
     version: int
     ip: int
@@ -116,6 +118,7 @@ class Network:
     l4: int | None
     dgram_end: int
     route_dst: bytes | None
+    esp: int | None = None
 
 
 def network(frame: bytes, link: int) -> Network | None:
@@ -134,9 +137,11 @@ def network(frame: bytes, link: int) -> Network | None:
             return None
         proto = frame[ip + 9]
         total = int.from_bytes(frame[ip + 2 : ip + 4], "big")
-        reachable = proto in (6, 17) and not int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF
+        fragment = int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF
+        reachable = proto in (6, 17) and not fragment
+        esp = ip + ihl if proto == 50 and not fragment else None
         # a total length of 0 (offload) gives no payload: the datagram ends at its start
-        return Network(4, ip, proto, ip + ihl if reachable else None, ip + total, None)
+        return Network(4, ip, proto, ip + ihl if reachable else None, ip + total, None, esp)
     if len(frame) < ip + 40 or frame[ip] >> 4 != 6:
         return None
     dgram_end = ip + 40 + int.from_bytes(frame[ip + 4 : ip + 6], "big")
@@ -154,7 +159,7 @@ def network(frame: bytes, link: int) -> Network | None:
                 return Network(6, ip, nxt, None, dgram_end, route_dst)
             size = 4 * (frame[at + 1] + 2)
         else:
-            return Network(6, ip, nxt, None, dgram_end, route_dst)
+            return Network(6, ip, nxt, None, dgram_end, route_dst, at if nxt == 50 else None)
         if len(frame) < at + size:
             return Network(6, ip, nxt, None, dgram_end, route_dst)
         ext = frame[at : at + size]
@@ -250,6 +255,8 @@ def _cut(
         src = bytes(f[ip + 8 : ip + 24])
         dst = route_dst if route_dst is not None else bytes(f[ip + 24 : ip + 40])
         pseudo = src + dst + (end - l4).to_bytes(4, "big") + bytes([0, 0, 0, proto])
+    if proto == 50:
+        return bytes(f)  # ESP: no checksum of its own (SPEC §9.6)
     if proto == 6:
         f[l4 + 16 : l4 + 18] = b"\0\0"
         f[l4 + 16 : l4 + 18] = _csum(pseudo + bytes(f[l4:end])).to_bytes(2, "big")

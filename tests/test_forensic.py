@@ -41,11 +41,13 @@ def _frame(r: random.Random, packet: bytes, link: int) -> synth.Record:
 
 
 def forensic_capture(seed: int, fmt: str) -> bytes:
-    """Random conversations (TLS, SSH, cleartext, QUIC, IKE; IPv4 options and IPv6 extension
-    headers) in one classic pcap of one link type, or in pcapng sections of either byte order
-    whose interfaces have several link types."""
+    """Random conversations (TLS, SSH, cleartext, QUIC, IKE, and the flows of SPEC §9; IPv4
+    options and IPv6 extension headers) in one classic pcap of one link type, or in pcapng
+    sections of either byte order whose interfaces have several link types."""
     r = random.Random(seed)
-    packets = flowgen.capture_packets(seed, conversations=60, datagrams=120, shaped=True)
+    packets = flowgen.capture_packets(
+        seed, conversations=60, datagrams=120, shaped=True, more_flows=60
+    )
     if fmt == "pcap":
         link = r.choice(FORENSIC_LINKS)
         recs = []

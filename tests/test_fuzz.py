@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import flowgen
 import naive
 import pytest
 import randframes
@@ -54,8 +55,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 MIN_ACCEPTED_SHARE = 0.90
 MIN_PACKETS_COMPARED = 50_000
-PORTS = (22, 80, 443, 500, 4500, 853, 8443, 53, 4433, 12345)
-FIRST_BYTES = (b"\x16\x03\x01", b"\x17\x03\x03", b"\x17\x03\x09", b"\x14", b"SSH-", b"\x00")
+PORTS = (22, 80, 443, 500, 4500, 853, 8443, 53, 4433, 12345, 51820, 1194, 445)
+FIRST_BYTES = (b"\x16\x03\x01", b"\x17\x03\x03", b"\x17\x03\x09", b"\x14", b"SSH-", b"\x00",
+               # SPEC §9: WireGuard types, OpenVPN hard reset / data, DTLS records, SRTP, QUIC
+               # long and short headers, an SMB header's first bytes
+               b"\x01\x00\x00\x00", b"\x04\x00\x00\x00", b"\x38", b"\x48", b"\x17\xfe\xfd",
+               b"\x16\xfe\xff", b"\x90", b"\xc0\x00\x00\x00\x01", b"\x41",
+               b"\x00\x00\x00\x40\xfdSMB", b"\x00\x0e\x40")  # fmt: skip
 
 
 # --- the model: captures as records and blocks ----------------------------------------------
@@ -138,9 +144,20 @@ def _section_bytes(s: Section) -> bytes:
 
 
 def _packets(r: random.Random, link: int, n: int, first_ts: int = 0) -> list[Packet]:
+    """n random frames; in half of the captures, flows of the protocols of SPEC §9 (state to
+    follow: handshakes, then data) among them."""
+    flows = [flowgen.more_encrypted_flow(r, k) for k in range(r.randrange(0, 12))]
+    if r.random() < 0.5:
+        flows = []
     out = []
     for i in range(n):
-        f = randframes.frame(r, link)
+        queue = r.choice(flows) if flows and r.random() < 0.4 else None
+        if queue:
+            pkt = queue.pop(0)
+            f = randframes.link_frame(r, pkt, link, 0x0800 if pkt[0] >> 4 == 4 else 0x86DD)
+            flows = [q for q in flows if q]
+        else:
+            f = randframes.frame(r, link)
         out.append(Packet(f, len(f) + r.choice((0, 0, 0, 100)), first_ts + i))
     return out
 

@@ -163,7 +163,8 @@ def test_notebook_reads_a_compressed_capture(tmp_path):  # type: ignore[no-untyp
 
 
 def naive_categories() -> tuple[str, ...]:
-    return ("tls", "tls_other_port", "ssh", "quic", "ipsec")
+    return ("tls", "tls_other_port", "ssh", "quic", "ipsec", "wireguard", "openvpn", "dtls", "srtp",
+            "smb3")  # fmt: skip
 
 
 def test_notebook_on_the_bundled_sample_shows_what_the_twin_finds():  # type: ignore[no-untyped-def]

@@ -680,7 +680,8 @@ def test_metrics_file_agrees_with_the_json_report(tmp_path):  # type: ignore[no-
     assert m["pcapslim_bytes_out_total"] == sum(f["out_bytes"] for f in ok)
     assert m["pcapslim_bytes_saved_total"] == sum(f["in_bytes"] - f["out_bytes"] for f in ok)
     assert m["pcapslim_packets_total"] == sum(f["in_pkts"] for f in ok)
-    for cat in ("tls", "tls_other_port", "ssh", "quic", "ipsec"):
+    for cat in ("tls", "tls_other_port", "ssh", "quic", "ipsec", "wireguard", "openvpn", "dtls",
+                "srtp", "smb3"):  # fmt: skip
         assert m[f"pcapslim_packets_truncated_total{{category={cat}}}"] == sum(
             f["truncated_by"][cat] for f in ok
         )

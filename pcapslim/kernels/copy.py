@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import (
-    CAT_IPSEC,
     CAT_KEEP,
-    CAT_QUIC,
     F_CAPLEN,
     F_CAT,
     F_DATA,
@@ -32,13 +30,17 @@ from .wire import copy_checked, fold, pad4, put16be, put32, sum16
 
 
 @jit
-def patch_cut_frame(out, f0, ip, l4, pay, dst, cat):
-    """Fix IP lengths and checksums of a frame already cut to pay + KEEP_BYTES at out[f0:]."""
+def patch_cut_frame(out, f0, ip, l4, pay, dst):
+    """Fix IP lengths and checksums of a frame already cut to pay + KEEP_BYTES at out[f0:].
+
+    The transport is told by where its payload starts: at the header itself for ESP (which has
+    no checksum of its own: only the IP header is fixed), 8 bytes on for UDP, further for TCP."""
     ip += f0
     l4 += f0
     dst += f0
     end = f0 + pay + KEEP_BYTES
-    udp = cat == CAT_QUIC or cat == CAT_IPSEC
+    esp = pay + f0 == l4
+    udp = pay + f0 == l4 + UDP_HDR_LEN
     proto = IP_PROTO_UDP if udp else IP_PROTO_TCP
     seg_len = end - l4
     if (np.int64(out[ip]) >> 4) == 4:
@@ -50,6 +52,8 @@ def patch_cut_frame(out, f0, ip, l4, pay, dst, cat):
     else:
         put16be(out, ip + 4, end - (ip + IP6_HDR_LEN))
         pseudo = sum16(out, ip + 8, 16) + sum16(out, dst, 16) + proto + seg_len
+    if esp:
+        return
     if udp:
         put16be(out, l4 + 4, UDP_HDR_LEN + KEEP_BYTES)
         put16be(out, l4 + 6, 0)
@@ -108,6 +112,6 @@ def copy_records(buf, rec, n, out, out_off, pcapng):
                 return -1
             put32(out, o - PCAP_REC_HDR_LEN + 8, kept, le)
             f0 = o
-        patch_cut_frame(out, f0, rec[i, F_IP], rec[i, F_L4], pay, rec[i, F_DST], rec[i, F_CAT])
+        patch_cut_frame(out, f0, rec[i, F_IP], rec[i, F_L4], pay, rec[i, F_DST])
         i += 1
     return 0

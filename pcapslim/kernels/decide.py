@@ -47,6 +47,7 @@ from ..constants import (
     IP6_RT_TYPE2,
     IP_PROTO_AH,
     IP_PROTO_DSTOPTS,
+    IP_PROTO_ESP,
     IP_PROTO_HOPOPTS,
     IP_PROTO_ROUTING,
     IP_PROTO_TCP,
@@ -209,11 +210,11 @@ def ip4_pseudo_dst(buf, ip, ihl):
 def parse_ip(buf, f0, caplen, linktype):
     """The network layer of a frame: (version, ip, proto, l4, ip_end, dst).
 
-    version is 0 when the frame has no usable IPv4/IPv6 header. l4 is -1 when no TCP or UDP
-    header can be walked to (a fragment, another protocol, an extension header not captured);
-    proto is then the last protocol number reached. ip_end is where the IP length fields end the
-    datagram (ip itself for an IPv4 total length of 0). dst is the pseudo-header destination of
-    an IPv6 packet (IPv4 source routes are looked up only when a packet is cut).
+    version is 0 when the frame has no usable IPv4/IPv6 header. l4 is -1 when no TCP, UDP or
+    ESP header can be walked to (a fragment, another protocol, an extension header not
+    captured); proto is then the last protocol number reached. ip_end is where the IP length
+    fields end the datagram (ip itself for an IPv4 total length of 0). dst is the pseudo-header
+    destination of an IPv6 packet (IPv4 source routes are looked up only when a packet is cut).
     """
     fend = f0 + caplen
     ip, ver = find_ip(buf, f0, fend, linktype)
@@ -229,7 +230,9 @@ def parse_ip(buf, f0, caplen, linktype):
         proto = np.int64(buf[ip + 9])
         total = be16(buf, ip + 2)
         ip_end = ip + total if total else ip
-        if be16(buf, ip + 6) & IP4_FRAG_MASK or (proto != IP_PROTO_TCP and proto != IP_PROTO_UDP):
+        if be16(buf, ip + 6) & IP4_FRAG_MASK or (
+            proto != IP_PROTO_TCP and proto != IP_PROTO_UDP and proto != IP_PROTO_ESP
+        ):
             return 4, ip, proto, -1, ip_end, ip + 16
         return 4, ip, proto, ip + ihl, ip_end, ip + 16
     if ip + IP6_HDR_LEN > fend or (np.int64(buf[ip]) >> 4) != 6:
@@ -239,7 +242,7 @@ def parse_ip(buf, f0, caplen, linktype):
     p = ip + IP6_HDR_LEN
     dst = ip + 24
     routed = False
-    while proto != IP_PROTO_TCP and proto != IP_PROTO_UDP:
+    while proto != IP_PROTO_TCP and proto != IP_PROTO_UDP and proto != IP_PROTO_ESP:
         if proto == IP_PROTO_HOPOPTS or proto == IP_PROTO_ROUTING or proto == IP_PROTO_DSTOPTS:
             if p + 2 > fend:
                 return 6, ip, proto, -1, ip_end, dst
@@ -274,7 +277,7 @@ def decide_frame(buf, f0, caplen, linktype):
     """
     fend = f0 + caplen
     ver, ip, proto, l4, ip_end, dst = parse_ip(buf, f0, caplen, linktype)
-    if l4 < 0:
+    if l4 < 0 or proto == IP_PROTO_ESP:  # ESP is cut by the forensic rules only
         return CAT_KEEP, 0, 0, 0, 0
     if proto == IP_PROTO_TCP:
         if l4 + TCP_MIN_HDR > fend:
