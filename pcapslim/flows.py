@@ -28,6 +28,7 @@ from .constants import (
     P_PROTO,
     P_TS_NS,
     P_VER,
+    RULES_COMPATIBLE,
 )
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
@@ -45,8 +46,11 @@ KEY_COLUMNS = ["link", "ip_version", "proto", "a0", "a1", "a2", "a3", "port_a",
                "b0", "b1", "b2", "b3", "port_b"]  # fmt: skip
 
 
-def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], SlimStats]:
-    """(one int64 row per packet with the P_* fields, the file's SlimStats): one pass."""
+def packet_table(
+    path: str | os.PathLike[str], rules: str = RULES_COMPATIBLE
+) -> tuple[npt.NDArray[np.int64], SlimStats]:
+    """(one int64 row per packet with the P_* fields, the file's SlimStats): one pass, deciding
+    by `rules` ("compatible" or "forensic")."""
     name = os.fspath(path)
     fd = open_capture(name)
     try:
@@ -78,7 +82,7 @@ def packet_table(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.int64], S
             )
             parts.append(out[:m].copy())
 
-        stats = process(name, fd, None, on_window=collect)
+        stats = process(name, fd, None, on_window=collect, rules=rules)
     finally:
         os.close(fd)
     rows = np.concatenate(parts) if parts else np.zeros((0, N_PFIELDS), dtype=np.int64)
