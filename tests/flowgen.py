@@ -247,7 +247,14 @@ def openvpn_packet(r: random.Random, opcode: int, n: int | None = None) -> bytes
 
 
 def openvpn_datagrams(r: random.Random) -> list[tuple[bool, bytes]]:
-    out = [(True, openvpn_packet(r, r.choice((7, 10)))), (False, openvpn_packet(r, 8))]
+    """A client hard reset; the server's, acknowledging the client's session id (mostly:
+    without it, no flow is OpenVPN), at offsets as without and with tls-auth; then traffic."""
+    client = openvpn_packet(r, r.choice((7, 10)))
+    server = bytearray(openvpn_packet(r, 8, r.randrange(40, 120)))
+    if r.random() < 0.8:
+        at = r.choice((14, 42, 54, 100, 120))
+        server[at : at + 8] = client[1:9]
+    out = [(True, client), (False, bytes(server))]
     for _ in range(r.randrange(2, 14)):
         out.append((r.random() < 0.5, openvpn_packet(r, r.choice((4, 5, 6, 9, 9, 9, 3, 11)))))
     return _mid_session(r, out)
@@ -364,6 +371,17 @@ def esp_packet(r: random.Random, n: int, shape: IpShape) -> bytes:
     return synth.ipv4(esp, 50, c, s, options=shape.v4_options, flags_frag=frag)
 
 
+def _framed_segments(r: random.Random, stream: bytes, ovpn: bool) -> list[tuple[int, bytes]]:
+    """Segments of a stream; an OpenVPN stream's hard reset mostly alone in the first one, as
+    OpenVPN sends it (then waits for the answer)."""
+    isn = r.randrange(1 << 32)
+    if not ovpn or r.random() < 0.2:
+        return segments(r, stream, isn)
+    first = 2 + struct.unpack("!H", stream[:2])[0]
+    rest = segments(r, stream[first:], (isn + first) & 0xFFFFFFFF)
+    return [(isn, stream[:first]), *rest]
+
+
 def more_encrypted_flow(r: random.Random, n: int, shaped: bool = False) -> list[bytes]:
     """The IP packets of one flow of a SPEC §9 protocol, in capture order."""
     kind = r.choice(("wireguard", "openvpn", "openvpn_tcp", "smb", "dtls", "webrtc", "rtp",
@@ -380,8 +398,8 @@ def more_encrypted_flow(r: random.Random, n: int, shaped: bool = False) -> list[
             up, down = openvpn_tcp_stream(r, True), openvpn_tcp_stream(r, False)
         c = f"2001:db8:44::{n + 1:x}" if v6 else f"10.44.{n // 250}.{n % 250 + 1}"
         s = "2001:db8:44:ff::1" if v6 else "192.0.2.44"
-        ups = perturb(r, segments(r, up, r.randrange(1 << 32)))
-        downs = perturb(r, segments(r, down, r.randrange(1 << 32)))
+        ups = perturb(r, _framed_segments(r, up, kind == "openvpn_tcp"))
+        downs = perturb(r, _framed_segments(r, down, kind == "openvpn_tcp"))
         cport = 30000 + n
         packets = []
         while ups or downs:

@@ -49,7 +49,8 @@ class Direction:
     hdr: bytes = b""  # header bytes gathered so far
     rtype: int = 0  # TLS record type, SMB protocol id byte, OpenVPN opcode byte
     ssh_phase: str = "banner"  # banner, packets, done
-    carries: str = ""  # a UDP flow: wireguard, openvpn, dtls, quic, or "" before any mark
+    carries: str = ""  # a UDP flow: wireguard, openvpn(_client), dtls, quic, "" before any mark
+    client_session: bytes = b""  # an OpenVPN client hard reset's session id
 
 
 def direction_key(version: int, src: bytes, dst: bytes, sport: int, dport: int) -> tuple[int, ...]:
@@ -249,7 +250,7 @@ def walk_framed(st: Direction, data: bytes, seg_len: int, smb: bool) -> Walk:
     return w
 
 
-def smb_starts(p: bytes) -> bool:
+def smb_starts(p: bytes, seg_len: int) -> bool:
     return (
         len(p) >= 8
         and p[0] == 0
@@ -263,21 +264,37 @@ def ovpn_hard_reset(b: int) -> bool:
     return b & 7 == 0 and b >> 3 in OVPN_HARD_RESETS
 
 
-def ovpn_tcp_starts(p: bytes) -> bool:
-    return len(p) >= 3 and int.from_bytes(p[0:2]) >= 14 and ovpn_hard_reset(p[2])
-
-
-def ovpn_tcp_only_data(p: bytes, seg_len: int) -> bool:
-    """The segment is exactly OpenVPN data packets, each 16-bit length and that many bytes."""
+def ovpn_tcp_packets(p: bytes, seg_len: int) -> list[int] | None:
+    """The opcodes of a segment that is exactly whole OpenVPN packets (16-bit length, then
+    that many bytes starting with the opcode byte; every opcode 1-11), else None."""
+    opcodes = []
     at = 0
     while at < seg_len:
         if at + 3 > len(p):
-            return False
+            return None
         n = int.from_bytes(p[at : at + 2])
-        if n < 1 or p[at + 2] >> 3 not in OVPN_DATA:
-            return False
+        if n < 1 or not 1 <= p[at + 2] >> 3 <= 11:
+            return None
+        opcodes.append(p[at + 2] >> 3)
         at += 2 + n
-    return at == seg_len
+    return opcodes if at == seg_len else None
+
+
+def ovpn_tcp_starts(p: bytes, seg_len: int) -> bool:
+    """The first segment of a direction opens an OpenVPN stream: whole packets, the first a hard
+    reset (key id 0) of at least 14 bytes."""
+    return (
+        len(p) >= 3
+        and int.from_bytes(p[0:2]) >= 14
+        and ovpn_hard_reset(p[2])
+        and ovpn_tcp_packets(p, seg_len) is not None
+    )
+
+
+def ovpn_tcp_only_data(p: bytes, seg_len: int) -> bool:
+    """The segment is exactly OpenVPN data packets."""
+    opcodes = ovpn_tcp_packets(p, seg_len)
+    return opcodes is not None and set(opcodes) <= OVPN_DATA
 
 
 # --- §9.1, §9.3, §9.4, §9.7: UDP --------------------------------------------------------------
@@ -351,7 +368,14 @@ def udp_flow_rules(st: Direction, p: bytes, plen: int, ports: set[int]) -> str |
             st.carries = "dtls"
         return "dtls" if set(types) <= {23, 25} else None
     if ovpn_hard_reset(first):
-        st.carries = "openvpn"
+        # a client's hard reset leaves its session id; a server's that acknowledges it (the
+        # id among its first 128 bytes, after its own) makes the flow OpenVPN
+        if st.carries == "openvpn" or len(p) < 9:
+            return None
+        if opcode != 8:
+            st.carries, st.client_session = "openvpn_client", p[1:9]
+        elif st.carries == "openvpn_client" and st.client_session in p[9:128]:
+            st.carries = "openvpn"
         return None
     if wg == 4 and 51820 in ports:
         return "wireguard"
@@ -523,8 +547,10 @@ class Forensic:
                 return None if w.handshake else tls_cat
             st.mode = "lost"
             return fallback_tcp(sport, dport, data, seg_len)
+        # an SMB message header may start following anywhere; an OpenVPN stream only from the
+        # direction's first segment (its hard reset opens it: "the stream starts with")
         for mode, starts in (("smb", smb_starts), ("ovpn", ovpn_tcp_starts)):
-            if starts(data):
+            if starts(data, seg_len) and (mode == "smb" or first):
                 st.mode, st.rem, st.hdr = mode, 0, b""
                 w = walk_framed(st, data, seg_len, mode == "smb")
                 if not w.ok:

@@ -64,12 +64,18 @@ def ovpn(opcode: int, key: int, n: int) -> bytes:
 
 
 def test_openvpn_udp(tmp_path):  # type: ignore[no-untyped-def]
+    client_sid, server_sid = bytes.fromhex("04e54aa55291b364"), bytes.fromhex("ea2e57256a365593")
+    client_reset = bytes([7 << 3]) + client_sid + b"\x00" + bytes(4)  # as OpenVPN 2.6 sends it
+    # the server's: its session id, one ACK (packet id 0) of the client's session, a packet id
+    server_reset = bytes([8 << 3]) + server_sid + b"\x01" + bytes(4) + client_sid + bytes(4)
     frames = [
         udp(5000, 6000, ovpn(9, 0, 100)),  # data with no hard reset seen, off 1194: kept
         udp(5000, 6000, ovpn(7, 1, 60)),  # a hard reset with key id 1 is none: kept
+        udp(6000, 5000, ovpn(8, 0, 60), S, C),  # a server's that acknowledges nothing: kept
         udp(5000, 6000, ovpn(9, 0, 100)),  # so data is still kept
-        udp(5000, 6000, ovpn(7, 0, 60)),  # hard reset client v2: kept, marks
-        udp(6000, 5000, ovpn(8, 0, 60), S, C),  # hard reset server v2: kept
+        udp(5000, 6000, client_reset),  # hard reset client v2: kept
+        udp(5000, 6000, ovpn(9, 0, 100)),  # not yet answered: kept
+        udp(6000, 5000, server_reset, S, C),  # hard reset server v2, acknowledging: kept, marks
         udp(6000, 5000, ovpn(4, 0, 300), S, C),  # control: kept
         udp(5000, 6000, ovpn(5, 0, 40)),  # ack: kept
         udp(5000, 6000, ovpn(9, 2, 100)),  # P_DATA_V2: cut
@@ -77,8 +83,25 @@ def test_openvpn_udp(tmp_path):  # type: ignore[no-untyped-def]
         udp(7000, 1194, ovpn(9, 0, 100)),  # on 1194 without state: cut
     ]
     out, cats = slim(tmp_path, frames)
-    assert cut(frames, out) == [False] * 7 + [True] * 3
+    assert cut(frames, out) == [False] * 9 + [True] * 3
     assert cats == {"openvpn": 3}
+
+
+def test_dns_whose_ids_look_like_openvpn_is_never_cut(tmp_path):  # type: ignore[no-untyped-def]
+    """One resolver port asking one server: transaction ids 0x38.. (a client hard reset's first
+    byte), 0x40.. (a server's) and 0x48.. (P_DATA_V2). Without the client's session id
+    acknowledged, the flow is never OpenVPN and nothing is cut."""
+
+    def dns(txid: int, response: bool) -> bytes:
+        flags = b"\x81\x80" if response else b"\x01\x00"
+        counts = struct.pack("!HHHH", 1, int(response), 0, 0)
+        return struct.pack("!H", txid) + flags + counts + b"\x07example\x03com\x00\x00\x01\x00\x01"
+
+    frames = []
+    for txid in (0x3801, 0x4002, 0x4803, 0x5004, 0x4C05, 0x3006):
+        frames += [udp(40053, 53, dns(txid, False)), udp(53, 40053, dns(txid, True), S, C)]
+    out, cats = slim(tmp_path, frames)
+    assert out == frames and cats == {}
 
 
 def framed_ovpn(opcode: int, n: int) -> bytes:
@@ -105,8 +128,14 @@ def test_openvpn_tcp(tmp_path):  # type: ignore[no-untyped-def]
     frames.append(tcp(40000, 7777, seq + 5000 + len(data), data))  # still lost: kept
     frames.append(tcp(41000, 1194, 1, data))  # port 1194, no state, exactly data: cut
     frames.append(tcp(41000, 1194, 1 + len(data), data + b"\x00"))  # not exactly: kept
+    # a hard reset opens a direction: one that began otherwise is not followed from one later
+    hello = b"HELLO, this direction started in cleartext\r\n"
+    frames.append(tcp(42000, 7777, 1, hello))  # kept
+    frames.append(tcp(42000, 7777, 1 + len(hello), up))  # looks like a hard reset: kept
+    frames.append(tcp(42000, 7777, 1 + len(hello) + len(up), data))  # not followed: kept
     out, cats = slim(tmp_path, frames)
-    assert cut(frames, out) == [False, True, False, True, True, False, False, True, False]
+    assert cut(frames, out) == [False, True, False, True, True, False, False, True, False,
+                                False, False, False]  # fmt: skip
     assert cats == {"openvpn": 4}
 
 

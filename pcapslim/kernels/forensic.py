@@ -119,6 +119,9 @@ FK_WIREGUARD = 1
 FK_OPENVPN = 2
 FK_DTLS = 3
 FK_QUIC = 4
+FK_OVPN_CLIENT = 5  # an OpenVPN client hard reset seen; its session id kept in T_REM_HDR
+OVPN_SID_LEN = 8
+OVPN_ECHO_WITHIN = 128  # where a server hard reset may acknowledge the client's session id
 UDP_FLOW = 8  # added to the version in a UDP flow's key: its rows never meet a TCP direction's
 
 SMB_HDR = 8  # header gathered per SMB message: the 4-byte length and the protocol id
@@ -417,24 +420,30 @@ def ovpn_data(b):
 
 
 @jit
-def ovpn_tcp_start(buf, p, end):
-    """A segment starting an OpenVPN hard reset over TCP: a length of at least 14, the opcode."""
-    return p + 3 <= end and be16(buf, p) >= OVPN_TCP_MIN_START and ovpn_hard_reset(buf[p + 2])
-
-
-@jit
-def ovpn_tcp_all_data(buf, p, end, seg_len):
-    """A segment that is exactly a sequence of OpenVPN data packets over TCP (each a 2-byte
-    length and that many bytes, the lengths filling the segment, every header captured)."""
+def ovpn_tcp_whole(buf, p, end, seg_len, data_only):
+    """A segment that is exactly a sequence of whole OpenVPN packets over TCP (each a 2-byte
+    length and that many bytes, the lengths filling the segment, every header captured, every
+    opcode known), all data packets when `data_only`."""
     q = 0
     while q < seg_len:
         if p + q + 3 > end:
             return False
         length = be16(buf, p + q)
-        if length < 1 or not ovpn_data(buf[p + q + 2]):
+        b = buf[p + q + 2]
+        op = np.int64(b) >> 3
+        if length < 1 or op < 1 or op > OVPN_MAX_OPCODE or (data_only and not ovpn_data(b)):
             return False
         q += 2 + length
     return q == seg_len
+
+
+@jit
+def ovpn_tcp_start(buf, p, end, seg_len):
+    """A direction's first segment that opens an OpenVPN stream over TCP: a hard reset of at
+    least 14 bytes, the segment made of whole packets (a hard reset is sent alone, then
+    answered)."""
+    return (p + 3 <= end and be16(buf, p) >= OVPN_TCP_MIN_START and ovpn_hard_reset(buf[p + 2])
+            and ovpn_tcp_whole(buf, p, end, seg_len, False))  # fmt: skip
 
 
 @jit
@@ -466,8 +475,8 @@ def fallback_tcp(buf, pay, cap_end, seg_len, sport, dport):
         and not ssh_kex_packet(buf, pay, cap_end)
     ):
         return CAT_SSH
-    if (sport == PORT_OPENVPN or dport == PORT_OPENVPN) and ovpn_tcp_all_data(
-        buf, pay, cap_end, seg_len
+    if (sport == PORT_OPENVPN or dport == PORT_OPENVPN) and ovpn_tcp_whole(
+        buf, pay, cap_end, seg_len, True
     ):
         return CAT_OPENVPN
     return CAT_KEEP
@@ -509,8 +518,8 @@ def tcp_decide(buf, table, s, seq, pay, cap_end, seg_len, sport, dport):
             mode = MODE_TLS
         elif smb_start(buf, pay, cap_end):
             mode = MODE_SMB
-        elif ovpn_tcp_start(buf, pay, cap_end):
-            mode = MODE_OVPN
+        elif mode == MODE_NEW and ovpn_tcp_start(buf, pay, cap_end, seg_len):
+            mode = MODE_OVPN  # a hard reset opens the direction: only its first segment
         else:
             if mode == MODE_NEW:
                 _set_field(table, s, H_MODE, MODE_NONE)
@@ -647,6 +656,33 @@ def quic_protected(buf, p, end):
     return False
 
 
+@jit
+def _be64(buf, p):
+    return (be32(buf, p) << 32) | be32(buf, p + 4)
+
+
+@jit
+def ovpn_reset(buf, table, s, pay, pend, kind):
+    """An OpenVPN hard reset in a UDP flow. A client's (opcode 7 or 10) keeps its session id;
+    a server's (opcode 8) that acknowledges that session id (the client's id in its first
+    128 bytes) marks the flow as OpenVPN. A cleartext datagram whose first byte happens to be a
+    hard reset's (a DNS transaction id of 0x38..) cannot answer an 8-byte id it never saw."""
+    if kind == FK_OPENVPN or pay + 1 + OVPN_SID_LEN > pend:
+        return
+    if np.int64(buf[pay]) >> 3 != OVPN_HARD_RESET_SERVER_V2:
+        _set_field(table, s, H_KIND, FK_OVPN_CLIENT)
+        table[s, T_REM_HDR] = _be64(buf, pay + 1)
+        return
+    if kind != FK_OVPN_CLIENT:
+        return
+    sid = table[s, T_REM_HDR]
+    last = min(pend, pay + OVPN_ECHO_WITHIN) - OVPN_SID_LEN
+    for q in range(pay + 1 + OVPN_SID_LEN, last + 1):
+        if _be64(buf, q) == sid:
+            _set_field(table, s, H_KIND, FK_OPENVPN)
+            return
+
+
 @hot
 def udp_decide(buf, table, s, pay, pend, plen, sport, dport):
     """SPEC §9.1-9.4 and §9.7 for a UDP datagram off ports 443, 500 and 4500 whose flow is in
@@ -680,7 +716,7 @@ def udp_decide(buf, table, s, pay, pend, plen, sport, dport):
     if d != 0:
         return CAT_KEEP
     if ovpn_hard_reset(b):
-        _set_field(table, s, H_KIND, FK_OPENVPN)
+        ovpn_reset(buf, table, s, pay, pend, kind)
         return CAT_KEEP
     if wg == WG_DATA and (sport == PORT_WIREGUARD or dport == PORT_WIREGUARD):
         return CAT_WIREGUARD
