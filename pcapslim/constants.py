@@ -131,6 +131,41 @@ IP6_RT_SRH = 4  # segment routing, final destination = Segment List[0]
 TCP_MIN_HDR = 20
 UDP_HDR_LEN = 8
 
+# --- tunnels (SPEC §10) --------------------------------------------------------------------
+IP_PROTO_IPIP = 4  # IPv4 inside
+IP_PROTO_IPV6 = 41  # IPv6 inside
+IP_PROTO_GRE = 47
+PORT_VXLAN = 4789
+PORT_VXLAN_LINUX = 8472
+PORT_GENEVE = 6081
+PORT_GTPU = 2152
+VXLAN_HDR_LEN = 8
+VXLAN_FLAG_I = 0x08
+GENEVE_HDR_LEN = 8
+GRE_HDR_LEN = 4
+GRE_FLAG_C = 0x80  # checksum (and reserved) present
+GRE_FLAG_R = 0x40  # routing present (RFC 1701): not decoded
+GRE_FLAG_K = 0x20  # key present
+GRE_FLAG_S = 0x10  # sequence number present
+ETH_TYPE_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame follows
+ETH_TYPE_ERSPAN_II = 0x88BE
+ETH_TYPE_ERSPAN_III = 0x22EB
+ERSPAN_II_HDR_LEN = 8
+ERSPAN_III_HDR_LEN = 12
+ERSPAN_III_SUBHDR_LEN = 8  # present with the O flag (lowest bit of the header's last byte)
+GTPU_HDR_LEN = 8
+GTPU_OPT_LEN = 4  # sequence number, N-PDU number, next extension header type
+GTPU_G_PDU = 255
+MAX_TUNNEL_DEPTH = 4
+TUN_VXLAN = 1  # bits of F_TUNNEL, in the order of TUNNEL_NAMES
+TUN_GENEVE = 2
+TUN_GRE = 4
+TUN_ERSPAN = 8
+TUN_GTPU = 16
+TUN_IPIP = 32
+TUN_DEPTH_SHIFT = 8
+TUNNEL_NAMES = ("vxlan", "geneve", "gre", "erspan", "gtpu", "ipip")
+
 # --- TLS / SSH / ports ---------------------------------------------------------------------
 TLS_CHANGE_CIPHER_SPEC = 0x14
 TLS_ALERT = 0x15
@@ -160,7 +195,8 @@ F_PAY = 9  # payload start, relative to the frame start (cut records only)
 F_DST = 10  # pseudo-header destination address, relative to the frame start (cut records only)
 F_OUTLEN = 11  # bytes this record occupies in the output
 F_LE = 12  # 1 when the record's header fields are little-endian
-N_FIELDS = 13
+F_TUNNEL = 13  # tunnels the packet was found inside (TUN_* bits) | their depth << TUN_DEPTH_SHIFT
+N_FIELDS = 14
 
 # --- pcapng reader state: an int64 array the index kernels carry across windows ---------------
 S_LE = 0  # current section is little-endian
@@ -185,7 +221,8 @@ P_TS_NS = 13  # timestamp, nanoseconds since the epoch; -1 when the record has n
 P_CAPLEN = 14  # captured frame bytes before slimming
 P_KEPT = 15  # captured frame bytes after slimming
 P_CAT = 16  # CAT_* decision
-N_PFIELDS = 17
+P_TUNNEL = 17  # F_TUNNEL of the packet: the tunnels it was found inside
+N_PFIELDS = 18
 PCAPNG_OPT_TSRESOL = 9  # interface option: timestamp resolution
 DEFAULT_TSRESOL = 6  # microseconds, when an interface says nothing
 MAX_TS_IFACES = 1024  # interfaces per section with their own resolution; more use the default

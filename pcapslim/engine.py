@@ -22,6 +22,7 @@ from .constants import (
     F_LINK,
     F_OUTLEN,
     F_START,
+    F_TUNNEL,
     FLOW_PROBES,
     FLOW_SLOTS,
     FS_PROBES,
@@ -45,6 +46,7 @@ from .constants import (
     ST_LEN_MISMATCH,
     ST_NEED_MORE,
     ST_OK,
+    TUNNEL_NAMES,
 )
 from .errors import CorruptCaptureError, PcapslimError
 from .follow import Growing
@@ -144,6 +146,10 @@ def _count(
     format has only one (classic pcap: every record is a packet of the file's link type)."""
     stats.records += n
     cat_counts += np.bincount(rec[:n, F_CAT], minlength=N_CATEGORIES)
+    tunnels = rec[:n, F_TUNNEL]
+    if tunnels.any():  # packets found inside tunnels (SPEC §10), by kind
+        for bit, name in enumerate(TUNNEL_NAMES):
+            stats.tunnels[name] += int(np.count_nonzero(tunnels & (1 << bit)))
     if linktype is not None:
         stats.in_pkts += n
         key = str(linktype)

@@ -27,8 +27,11 @@ from .constants import (
     P_LINK,
     P_PROTO,
     P_TS_NS,
+    P_TUNNEL,
     P_VER,
     RULES_COMPATIBLE,
+    TUN_DEPTH_SHIFT,
+    TUNNEL_NAMES,
 )
 from .engine import MAX_RECORDS, process
 from .formats import detect_format
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 NO_TIME_MIN = np.iinfo(np.int64).max  # stands for "no timestamp" when taking minima
-KEY_COLUMNS = ["link", "ip_version", "proto", "a0", "a1", "a2", "a3", "port_a",
+KEY_COLUMNS = ["link", "tunnel", "ip_version", "proto", "a0", "a1", "a2", "a3", "port_a",
                "b0", "b1", "b2", "b3", "port_b"]  # fmt: skip
 
 
@@ -107,13 +110,15 @@ def _times(ns: npt.NDArray[np.int64], missing: int) -> Any:
 
 
 def packets_frame(rows: npt.NDArray[np.int64]) -> pd.DataFrame:
-    """The packet rows as a DataFrame: flow key columns, sizes, `category` (a name, or "" when
+    """The packet rows as a DataFrame: flow key columns (the innermost packet's, and `tunnel`:
+    the TUN_* bits of the tunnels it was found inside), sizes, `category` (a name, or "" when
     kept), one 0/1 column per category, and `ts_ns` (-1 without a timestamp)."""
     import pandas as pd
 
     cat = rows[:, P_CAT]
     cols: dict[str, Any] = {
         "link": rows[:, P_LINK],
+        "tunnel": rows[:, P_TUNNEL] & ((1 << TUN_DEPTH_SHIFT) - 1),
         "ip_version": rows[:, P_VER],
         "proto": rows[:, P_PROTO],
         **{f"a{k}": rows[:, P_A0 + k] for k in range(4)},
@@ -157,13 +162,17 @@ def group_flows(packets: pd.DataFrame) -> pd.DataFrame:
     flows["address_a"] = [_address(v, tuple(w)) for v, w in zip(versions, a_words)]
     flows["address_b"] = [_address(v, tuple(w)) for v, w in zip(versions, b_words)]
     flows["protocol"] = _protocol_names(flows["ip_version"], flows["proto"])
+    flows["tunnels"] = [
+        ",".join(name for bit, name in enumerate(TUNNEL_NAMES) if t >> bit & 1)
+        for t in flows["tunnel"].tolist()
+    ]
     flows["bytes_saved"] = flows["bytes_before"] - flows["bytes_after"]
     flows["categories"] = [
         ",".join(name for name in CATEGORY_NAMES if row[name])
         for row in flows[list(CATEGORY_NAMES)].to_dict("records")
     ]
-    order = ["link", "ip_version", "protocol", "address_a", "port_a", "address_b", "port_b",
-             "packets", "bytes_before", "bytes_after", "bytes_saved", "truncated",
+    order = ["link", "tunnels", "ip_version", "protocol", "address_a", "port_a", "address_b",
+             "port_b", "packets", "bytes_before", "bytes_after", "bytes_saved", "truncated",
              *CATEGORY_NAMES, "categories", "first_seen", "last_seen"]  # fmt: skip
     flows = flows[order].sort_values("bytes_saved", ascending=False, kind="stable")
     return flows.reset_index(drop=True)
@@ -172,10 +181,11 @@ def group_flows(packets: pd.DataFrame) -> pd.DataFrame:
 def flow_table(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, SlimStats]:
     """One row per bidirectional flow, largest saving first, and the file's SlimStats.
 
-    Columns: link, ip_version, protocol, address_a, port_a, address_b, port_b, packets,
-    bytes_before, bytes_after, bytes_saved, truncated, one count per cut category,
-    categories (the categories seen, comma-separated), first_seen, last_seen. Endpoint A is
-    the smaller (address, port); packets without IP form one flow per link type.
+    Columns: link, tunnels (the kinds of SPEC §10 the flow's packets were found inside,
+    comma-separated), ip_version, protocol, address_a, port_a, address_b, port_b (of the
+    innermost packets), packets, bytes_before, bytes_after, bytes_saved, truncated, one count per
+    cut category, categories (the categories seen, comma-separated), first_seen, last_seen.
+    Endpoint A is the smaller (address, port); packets without IP form one flow per link type.
     """
     rows, stats = packet_table(path)
     return group_flows(packets_frame(rows)), stats

@@ -21,7 +21,8 @@ from .results import (
 
 def human_line(r: FileResult) -> str:
     """The native tool's line (SPEC §6); under the forensic rules, which it does not have, the
-    categories that cut something follow it (`tls=12 wireguard=3`)."""
+    categories that cut something follow it (`tls=12 wireguard=3`), and the tunnels packets
+    were found inside when there were any (`tunnels: vxlan=40`)."""
     if r.status == STATUS_OK and r.stats is not None:
         s = r.stats
         line = (
@@ -30,6 +31,8 @@ def human_line(r: FileResult) -> str:
         )
         if s.rules == RULES_FORENSIC:
             line += "".join(f" {k}={n}" for k, n in s.truncated_by.items() if n)
+        if any(s.tunnels.values()):  # packets found inside tunnels (SPEC §10), by kind
+            line += " tunnels:" + "".join(f" {k}={n}" for k, n in s.tunnels.items() if n)
         return line
     if r.status == STATUS_MARKED:
         return f"skip (marked): {r.path}"

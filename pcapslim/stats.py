@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import CATEGORY_NAMES
+from .constants import CATEGORY_NAMES, TUNNEL_NAMES
 
 
 @dataclass
@@ -28,6 +28,7 @@ class SlimStats:
     truncated_by: dict[str, int] = field(
         default_factory=lambda: {name: 0 for name in CATEGORY_NAMES}
     )
+    tunnels: dict[str, int] = field(default_factory=lambda: {name: 0 for name in TUNNEL_NAMES})
     linktypes: dict[str, int] = field(default_factory=dict)
     unsliced_linktypes: list[int] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ class SlimStats:
             "out_bytes": self.out_bytes,
             "elapsed_ms": self.elapsed_ms,
             "truncated_by": dict(self.truncated_by),
+            "tunnels": dict(self.tunnels),
             "linktypes": dict(self.linktypes),
             "format": self.format,
             "tail_bytes": self.tail_bytes,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 KEEP = 24
 TLS_PORTS = {443, 853, 465, 993, 995, 8443, 5061}
@@ -119,48 +119,46 @@ class Network:
     dgram_end: int
     route_dst: bytes | None
     esp: int | None = None
+    tunnels: tuple[str, ...] = ()  # §10: the kinds of tunnel crossed to reach this packet
+    enclosing: tuple[tuple[Network, str], ...] = ()  # the packets around it, outermost first
 
 
-def network(frame: bytes, link: int) -> Network | None:
-    """SPEC §1 steps 1-3 and §3: the IP header and the walk to TCP/UDP; None without IP."""
-    if link not in SLICED:
-        return None
-    found = _ip_start(frame, link)
-    if found is None:
-        return None
-    ip, ver = found
+def _net_at(frame: bytes, ip: int, ver: int, lim: int) -> Network | None:
+    """§3 from an IP header at ip of version ver (as the link layer or a tunnel says), the
+    packet captured up to lim: the walk to TCP/UDP (and to a tunnel's GRE or IP-in-IP header,
+    for §10); None when the header is not a usable one of that version."""
     if ver == 4:
-        if len(frame) < ip + 20:
+        if lim < ip + 20:
             return None
         ihl = (frame[ip] & 15) * 4
-        if frame[ip] >> 4 != 4 or ihl < 20 or len(frame) < ip + ihl:
+        if frame[ip] >> 4 != 4 or ihl < 20 or lim < ip + ihl:
             return None
         proto = frame[ip + 9]
         total = int.from_bytes(frame[ip + 2 : ip + 4], "big")
         fragment = int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x3FFF
-        reachable = proto in (6, 17) and not fragment
+        reachable = proto in WALK_STOPS and proto != 50 and not fragment
         esp = ip + ihl if proto == 50 and not fragment else None
         # a total length of 0 (offload) gives no payload: the datagram ends at its start
         return Network(4, ip, proto, ip + ihl if reachable else None, ip + total, None, esp)
-    if len(frame) < ip + 40 or frame[ip] >> 4 != 6:
+    if lim < ip + 40 or frame[ip] >> 4 != 6:
         return None
     dgram_end = ip + 40 + int.from_bytes(frame[ip + 4 : ip + 6], "big")
     nxt = frame[ip + 6]
     at = ip + 40
     route_dst = None
     routing_seen = False
-    while nxt not in (6, 17):
+    while nxt not in WALK_STOPS:
         if nxt in (0, 43, 60):
-            if len(frame) < at + 2:
+            if lim < at + 2:
                 return Network(6, ip, nxt, None, dgram_end, route_dst)
             size = 8 + 8 * frame[at + 1]
         elif nxt == 51:
-            if len(frame) < at + 2:
+            if lim < at + 2:
                 return Network(6, ip, nxt, None, dgram_end, route_dst)
             size = 4 * (frame[at + 1] + 2)
         else:
-            return Network(6, ip, nxt, None, dgram_end, route_dst, at if nxt == 50 else None)
-        if len(frame) < at + size:
+            return Network(6, ip, nxt, None, dgram_end, route_dst)
+        if lim < at + size:
             return Network(6, ip, nxt, None, dgram_end, route_dst)
         ext = frame[at : at + size]
         if nxt == 43 and ext[3] > 0 and not routing_seen:
@@ -172,14 +170,141 @@ def network(frame: bytes, link: int) -> Network | None:
                 route_dst = ext[8:24]
         nxt = ext[0]
         at += size
+    if nxt == 50:
+        return Network(6, ip, nxt, None, dgram_end, route_dst, at)
     return Network(6, ip, nxt, at, dgram_end, route_dst)
+
+
+# --- §10: tunnels ----------------------------------------------------------------------------
+
+WALK_STOPS = (6, 17, 50, 47, 4, 41)  # TCP, UDP, ESP, GRE, IPv4 in IP, IPv6 in IP
+BAD = "bad"  # a tunnel whose headers or inner packet do not parse: the packet is kept
+
+
+def _inner_ethernet(f: bytes, at: int, lim: int) -> tuple[int, int] | None:
+    """The IP header of an Ethernet frame at `at` (§3 with its tags and labels)."""
+    found = _ip_start(f[at:lim], 1)
+    return None if found is None else (at + found[0], found[1])
+
+
+def _by_type(f: bytes, ptype: int, at: int, lim: int) -> tuple[int, int] | None:
+    if ptype == 0x6558:
+        return _inner_ethernet(f, at, lim)
+    return {0x0800: (at, 4), 0x86DD: (at, 6)}.get(ptype)
+
+
+def _gtpu(f: bytes, g: int, lim: int) -> tuple[int, int] | None:
+    """A G-PDU's inner IP header: version 1, PT 1, type 255, 8 bytes, 4 more when E, S or PN is
+    set, then each extension header (its first byte its length in 4-byte units, its last the
+    next type) while the next type is not 0."""
+    if lim < g + 8 or f[g] >> 5 != 1 or not f[g] & 0x10 or f[g + 1] != 255:
+        return None
+    at = g + 8
+    if f[g] & 0x07:
+        at += 4
+        if lim < at:
+            return None
+        nxt = f[g + 11] if f[g] & 0x04 else 0
+        while nxt:
+            if lim < at + 1 or f[at] == 0 or lim < at + 4 * f[at]:
+                return None
+            size = 4 * f[at]
+            nxt = f[at + size - 1]
+            at += size
+    if at >= lim or f[at] >> 4 not in (4, 6):
+        return None
+    return at, f[at] >> 4
+
+
+def _tunnel(f: bytes, net: Network, lim: int) -> tuple[tuple[str, ...], int, int] | str | None:
+    """What the header at net.l4 carries (the datagram captured up to lim): (kinds, inner IP,
+    its version), BAD, or None when it is no tunnel of §10's table."""
+    at = net.l4
+    assert at is not None
+    if net.proto == 17:
+        if lim < at + 8:
+            return None
+        sport, dport = struct.unpack("!HH", f[at : at + 4])
+        g = at + 8
+        if dport in (4789, 8472):
+            if lim < g + 8 or not f[g] & 0x08:
+                return BAD
+            found = _inner_ethernet(f, g + 8, lim)
+            return BAD if found is None else (("vxlan",), *found)
+        if dport == 6081:
+            if lim < g + 8 or f[g] >> 6 != 0:
+                return BAD
+            found = _by_type(f, int.from_bytes(f[g + 2 : g + 4]), g + 8 + 4 * (f[g] & 0x3F), lim)
+            return BAD if found is None else (("geneve",), *found)
+        if 2152 in (sport, dport):
+            found = _gtpu(f, g, lim)
+            return BAD if found is None else (("gtpu",), *found)
+        return None
+    if net.proto == 47:
+        if lim < at + 4 or f[at + 1] & 0x07 or f[at] & 0x40:
+            return BAD
+        flags = f[at]
+        body = at + 4 + 4 * sum(1 for bit in (0x80, 0x20, 0x10) if flags & bit)
+        ptype = int.from_bytes(f[at + 2 : at + 4])
+        if ptype == 0x88BE:
+            found = _inner_ethernet(f, body + 8, lim)
+            return BAD if found is None else (("gre", "erspan"), *found)
+        if ptype == 0x22EB:
+            if lim < body + 12:
+                return BAD
+            found = _inner_ethernet(f, body + 12 + (8 if f[body + 11] & 1 else 0), lim)
+            return BAD if found is None else (("gre", "erspan"), *found)
+        found = _by_type(f, ptype, body, lim)
+        return BAD if found is None else (("gre",), *found)
+    if net.proto in (4, 41):
+        want = 4 if net.proto == 4 else 6
+        if at >= lim or f[at] >> 4 != want:
+            return BAD
+        return ("ipip",), at, want
+    return None
+
+
+def network(frame: bytes, link: int) -> Network | None:
+    """SPEC §1 steps 1-3, §3 and §10: the IP header and the walk to TCP/UDP, through the tunnels
+    of §10 to the innermost packet (at most 4 deep); None without IP. A tunnel that does not
+    parse, or is deeper, gives version 0 and no transport: the packet is kept. `tunnels` lists
+    the kinds crossed; `enclosing` the packets around the innermost, outermost first, with the
+    kind of tunnel each carries."""
+    if link not in SLICED:
+        return None
+    found = _ip_start(frame, link)
+    if found is None:
+        return None
+    net = _net_at(frame, found[0], found[1], len(frame))
+    if net is None:
+        return None
+    enclosing: list[tuple[Network, str]] = []
+    kinds: list[str] = []
+    while net.l4 is not None and net.proto in (17, 47, 4, 41):
+        lim = min(net.dgram_end, len(frame))
+        t = _tunnel(frame, net, lim)
+        if t is None:
+            break
+        if t == BAD or len(enclosing) == 4:
+            return Network(0, 0, 0, None, 0, None, None, tuple(kinds))
+        assert not isinstance(t, str)
+        names, ip, ver = t
+        inner = _net_at(frame, ip, ver, lim)
+        if inner is None:
+            return Network(0, 0, 0, None, 0, None, None, tuple(kinds + list(names)))
+        enclosing.append((net, names[0]))
+        kinds += names
+        net = replace(inner, dgram_end=min(inner.dgram_end, net.dgram_end))
+    if net.proto not in (6, 17):
+        net = replace(net, l4=None)
+    return replace(net, tunnels=tuple(kinds), enclosing=tuple(enclosing))
 
 
 def flow_key(frame: bytes, link: int) -> tuple[int, int, tuple[bytes, int], tuple[bytes, int]]:
     """(IP version, protocol, endpoint A, endpoint B) with A the smaller (16-byte address,
     port); version 0 and empty endpoints without IP. Ports only when TCP/UDP is reachable."""
     net = network(frame, link)
-    if net is None:
+    if net is None or net.version == 0:
         return (0, 0, (b"", 0), (b"", 0))
     if net.version == 4:
         src = bytes(12) + frame[net.ip + 12 : net.ip + 16]
@@ -234,30 +359,34 @@ def decide(frame: bytes, link: int) -> Verdict:
         category = "ipsec"
     if category is None:
         return keep
-    return Verdict(category, _cut(frame, ip, ver, proto, l4, payload_at, route_dst))
+    return Verdict(category, _cut(frame, ip, ver, proto, l4, payload_at, route_dst, net.enclosing))
 
 
 def _cut(
-    frame: bytes, ip: int, ver: int, proto: int, l4: int, payload_at: int, route_dst: bytes | None
+    frame: bytes,
+    ip: int,
+    ver: int,
+    proto: int,
+    l4: int,
+    payload_at: int,
+    route_dst: bytes | None,
+    enclosing: tuple[tuple[Network, str], ...] = (),
 ) -> bytes:
     end = payload_at + KEEP
     f = bytearray(frame[:end])
+    _fix_ip(f, ip, ver, end)
     if ver == 4:
         ihl = (f[ip] & 15) * 4
-        f[ip + 2 : ip + 4] = (end - ip).to_bytes(2, "big")
-        f[ip + 10 : ip + 12] = b"\0\0"
-        f[ip + 10 : ip + 12] = _csum(bytes(f[ip : ip + ihl])).to_bytes(2, "big")
         src = bytes(f[ip + 12 : ip + 16])
         dst = _ip4_route_dst(bytes(f[ip : ip + ihl]))
         pseudo = src + dst + bytes([0, proto]) + (end - l4).to_bytes(2, "big")
     else:
-        f[ip + 4 : ip + 6] = (end - ip - 40).to_bytes(2, "big")
         src = bytes(f[ip + 8 : ip + 24])
         dst = route_dst if route_dst is not None else bytes(f[ip + 24 : ip + 40])
         pseudo = src + dst + (end - l4).to_bytes(4, "big") + bytes([0, 0, 0, proto])
     if proto == 50:
-        return bytes(f)  # ESP: no checksum of its own (SPEC §9.6)
-    if proto == 6:
+        pass  # ESP: no checksum of its own (SPEC §9.6)
+    elif proto == 6:
         f[l4 + 16 : l4 + 18] = b"\0\0"
         f[l4 + 16 : l4 + 18] = _csum(pseudo + bytes(f[l4:end])).to_bytes(2, "big")
     else:
@@ -265,7 +394,44 @@ def _cut(
         f[l4 + 6 : l4 + 8] = b"\0\0"
         c = _csum(pseudo + bytes(f[l4:end]))
         f[l4 + 6 : l4 + 8] = (c or 0xFFFF).to_bytes(2, "big")
+    # §10: every enclosing header, innermost first (an outer checksum covers the inner bytes)
+    for outer, kind in reversed(enclosing):
+        _fix_ip(f, outer.ip, outer.version, end)
+        at = outer.l4
+        assert at is not None
+        if outer.proto == 17:
+            f[at + 4 : at + 6] = (end - at).to_bytes(2, "big")
+            if kind == "gtpu":  # the length after GTP-U's 8-byte mandatory header
+                f[at + 10 : at + 12] = (end - at - 16).to_bytes(2, "big")
+            if outer.version == 4 and f[at + 6 : at + 8] == b"\0\0":
+                continue  # no checksum over IPv4 stays none
+            if outer.version == 4:
+                ihl = (f[outer.ip] & 15) * 4
+                src = bytes(f[outer.ip + 12 : outer.ip + 16])
+                dst = _ip4_route_dst(bytes(f[outer.ip : outer.ip + ihl]))
+                pseudo = src + dst + bytes([0, 17]) + (end - at).to_bytes(2, "big")
+            else:
+                src = bytes(f[outer.ip + 8 : outer.ip + 24])
+                dst = outer.route_dst or bytes(f[outer.ip + 24 : outer.ip + 40])
+                pseudo = src + dst + (end - at).to_bytes(4, "big") + bytes([0, 0, 0, 17])
+            f[at + 6 : at + 8] = b"\0\0"
+            c = _csum(pseudo + bytes(f[at:end]))
+            f[at + 6 : at + 8] = (c or 0xFFFF).to_bytes(2, "big")
+        elif outer.proto == 47 and f[at] & 0x80:  # a GRE checksum covers header and payload
+            f[at + 4 : at + 6] = b"\0\0"
+            f[at + 4 : at + 6] = _csum(bytes(f[at:end])).to_bytes(2, "big")
     return bytes(f)
+
+
+def _fix_ip(f: bytearray, ip: int, ver: int, end: int) -> None:
+    """The IP length fields of a datagram that now ends at `end`, and an IPv4 header checksum."""
+    if ver == 4:
+        ihl = (f[ip] & 15) * 4
+        f[ip + 2 : ip + 4] = (end - ip).to_bytes(2, "big")
+        f[ip + 10 : ip + 12] = b"\0\0"
+        f[ip + 10 : ip + 12] = _csum(bytes(f[ip : ip + ihl])).to_bytes(2, "big")
+    else:
+        f[ip + 4 : ip + 6] = (end - ip - 40).to_bytes(2, "big")
 
 
 # --- whole files ----------------------------------------------------------------------------
@@ -281,6 +447,13 @@ class NaiveResult:
     packets: int
     categories: dict[str, int]
     tail: int
+    tunnels: dict[str, int] = field(default_factory=dict)  # §10: kind -> packets inside it
+
+
+def _count_tunnels(tunnels: dict[str, int], frame: bytes, link: int) -> None:
+    net = network(frame, link)
+    for kind in set(net.tunnels) if net is not None else ():
+        tunnels[kind] = tunnels.get(kind, 0) + 1
 
 
 Decide = Callable[[bytes, int], Verdict]  # (frame, link type) -> verdict
@@ -305,6 +478,7 @@ def _slim_pcap(data: bytes, order: str, decide: Decide) -> NaiveResult:
     link &= 0xFFFF
     out = [data[:24]]
     cats: dict[str, int] = {}
+    tunnels: dict[str, int] = {}
     pos, packets = 24, 0
     while pos < len(data):
         if len(data) - pos < 16:
@@ -315,13 +489,14 @@ def _slim_pcap(data: bytes, order: str, decide: Decide) -> NaiveResult:
         if pos + 16 + incl > len(data):
             break
         v = decide(data[pos + 16 : pos + 16 + incl], link)
+        _count_tunnels(tunnels, data[pos + 16 : pos + 16 + incl], link)
         if v.category:
             cats[v.category] = cats.get(v.category, 0) + 1
         out.append(struct.pack(order + "IIII", ts_s, ts_f, len(v.frame), orig) + v.frame)
         packets += 1
         pos += 16 + incl
     out.append(data[pos:])
-    return NaiveResult(b"".join(out), packets, cats, len(data) - pos)
+    return NaiveResult(b"".join(out), packets, cats, len(data) - pos, tunnels)
 
 
 def _pad(n: int) -> int:
@@ -331,6 +506,7 @@ def _pad(n: int) -> int:
 def _slim_pcapng(data: bytes, decide: Decide) -> NaiveResult:
     pos, packets = 0, 0
     cats: dict[str, int] = {}
+    tunnels: dict[str, int] = {}
     sections: list[list[bytes]] = []  # each: [shb, blocks...]
     changed: list[bool] = []
     order = "<"
@@ -399,6 +575,7 @@ def _slim_pcapng(data: bytes, decide: Decide) -> NaiveResult:
             if iface < len(ifaces):
                 frame = block[28 : 28 + caplen]
                 v = decide(frame, ifaces[iface][0])
+                _count_tunnels(tunnels, frame, ifaces[iface][0])
                 if v.category:
                     cats[v.category] = cats.get(v.category, 0) + 1
                     opts = block[28 + caplen + _pad(caplen) : -4]
@@ -427,7 +604,7 @@ def _slim_pcapng(data: bytes, decide: Decide) -> NaiveResult:
         out.append(shb)
         out.extend(blocks[1:])
     out.append(tail)
-    return NaiveResult(b"".join(out), packets, cats, len(tail))
+    return NaiveResult(b"".join(out), packets, cats, len(tail), tunnels)
 
 
 def block_orig(block: bytes, order: str) -> int:

@@ -451,7 +451,8 @@ class Forensic:
         if net is not None and net.esp is not None:  # §9.6
             if min(net.dgram_end, len(frame)) - net.esp <= 24:
                 return keep
-            cut = naive._cut(frame, net.ip, net.version, 50, net.esp, net.esp, net.route_dst)
+            cut = naive._cut(frame, net.ip, net.version, 50, net.esp, net.esp, net.route_dst,
+                             net.enclosing)  # fmt: skip
             return naive.Verdict("ipsec", cut)
         pay = None if net is None else naive.payload_start(frame, net)
         if net is None or net.l4 is None or pay is None:
@@ -478,7 +479,7 @@ class Forensic:
             return keep
         ver = net.version
         return naive.Verdict(
-            category, naive._cut(frame, net.ip, ver, proto, l4, pay, net.route_dst)
+            category, naive._cut(frame, net.ip, ver, proto, l4, pay, net.route_dst, net.enclosing)
         )
 
     @staticmethod

@@ -15,18 +15,26 @@ from ..constants import (
     F_IP,
     F_L4,
     F_LE,
+    F_LINK,
     F_PAY,
     F_START,
+    F_TUNNEL,
+    GRE_FLAG_C,
+    GTPU_HDR_LEN,
     IP6_HDR_LEN,
+    IP_PROTO_GRE,
     IP_PROTO_TCP,
     IP_PROTO_UDP,
     KEEP_BYTES,
     PCAP_REC_HDR_LEN,
     PCAPNG_EPB_DATA,
+    TUN_DEPTH_SHIFT,
+    TUN_GTPU,
     UDP_HDR_LEN,
 )
+from .decide import ip4_pseudo_dst, parse_ip, parse_ip_at, tunnel_inner
 from .policy import jit
-from .wire import copy_checked, fold, pad4, put16be, put32, sum16
+from .wire import be16, copy_checked, fold, pad4, put16be, put32, sum16
 
 
 @jit
@@ -64,6 +72,47 @@ def patch_cut_frame(out, f0, ip, l4, pay, dst):
     else:
         put16be(out, l4 + 16, 0)
         put16be(out, l4 + 16, fold(pseudo + sum16(out, l4, seg_len)))
+
+
+@jit
+def fix_enclosing(out, f0, end, linktype, depth):
+    """After a cut of a packet found `depth` tunnels deep (SPEC §10), fix every enclosing
+    header of the frame at out[f0:end], innermost first (an outer checksum covers the inner
+    bytes): IPv4 total length and header checksum, IPv6 payload length, UDP length and checksum
+    (a zero checksum over IPv4 stays zero), GTP-U length, GRE checksum when present. Each level
+    is found again by the walk that found it, on the headers before the cut payload."""
+    for level in range(depth - 1, -1, -1):
+        ver, ip, proto, l4, ip_end, dst = parse_ip(out, f0, end - f0, linktype)
+        kind = 0
+        for k in range(level + 1):  # down to the level, and what its tunnel header is
+            lim = ip_end if ip_end < end else end
+            kind, iip, iver = tunnel_inner(out, proto, l4, lim)
+            if k < level:
+                ver, ip, proto, l4, ip_end, dst = parse_ip_at(out, iip, iver, lim)
+        if ver == 4:
+            ihl = (np.int64(out[ip]) & 0x0F) * 4
+            put16be(out, ip + 2, end - ip)
+            put16be(out, ip + 10, 0)
+            put16be(out, ip + 10, fold(sum16(out, ip, ihl)))
+        else:
+            put16be(out, ip + 4, end - (ip + IP6_HDR_LEN))
+        if proto == IP_PROTO_UDP:
+            put16be(out, l4 + 4, end - l4)
+            if kind == TUN_GTPU:
+                put16be(out, l4 + UDP_HDR_LEN + 2, end - (l4 + UDP_HDR_LEN + GTPU_HDR_LEN))
+            if ver == 4 and be16(out, l4 + 6) == 0:
+                continue  # no checksum over IPv4: none after
+            put16be(out, l4 + 6, 0)
+            if ver == 4:
+                pdst = ip4_pseudo_dst(out, ip, (np.int64(out[ip]) & 0x0F) * 4)
+                pseudo = sum16(out, ip + 12, 4) + sum16(out, pdst, 4)
+            else:
+                pseudo = sum16(out, ip + 8, 16) + sum16(out, dst, 16)
+            c = fold(pseudo + IP_PROTO_UDP + (end - l4) + sum16(out, l4, end - l4))
+            put16be(out, l4 + 6, c if c != 0 else 0xFFFF)
+        elif proto == IP_PROTO_GRE and np.int64(out[l4]) & GRE_FLAG_C:
+            put16be(out, l4 + 4, 0)
+            put16be(out, l4 + 4, fold(sum16(out, l4, end - l4)))
 
 
 @jit
@@ -113,5 +162,8 @@ def copy_records(buf, rec, n, out, out_off, pcapng):
             put32(out, o - PCAP_REC_HDR_LEN + 8, kept, le)
             f0 = o
         patch_cut_frame(out, f0, rec[i, F_IP], rec[i, F_L4], pay, rec[i, F_DST])
+        depth = rec[i, F_TUNNEL] >> TUN_DEPTH_SHIFT
+        if depth > 0:
+            fix_enclosing(out, f0, f0 + pay + KEEP_BYTES, rec[i, F_LINK], depth)
         i += 1
     return 0

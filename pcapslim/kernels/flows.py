@@ -32,6 +32,7 @@ from ..constants import (
     P_LINK,
     P_PROTO,
     P_TS_NS,
+    P_TUNNEL,
     P_VER,
     PCAPNG_BOM,
     PCAPNG_IDB,
@@ -41,7 +42,7 @@ from ..constants import (
     S_IFACES,  # the index kernels' pcapng section state, followed again
     S_LE,
 )
-from .decide import parse_ip
+from .decide import parse_inner
 from .policy import jit
 from .wire import be16, be32, u16, u32
 
@@ -71,7 +72,8 @@ def _first_is_smaller(a, ap, b, bp):
 def flow_fields(buf, f0, caplen, linktype, row, out, a, b):
     """Fill the link, IP and endpoint fields of out[row]."""
     out[row, P_LINK] = linktype
-    ver, ip, proto, l4, ip_end, dst = parse_ip(buf, f0, caplen, linktype)
+    ver, ip, proto, l4, ip_end, dst, tunnels = parse_inner(buf, f0, caplen, linktype)
+    out[row, P_TUNNEL] = tunnels
     out[row, P_VER] = ver
     out[row, P_PROTO] = proto
     for k in range(10):
@@ -172,6 +174,7 @@ def packet_rows(buf, rec, n, pcapng, le, nanosecond, state, tsres, out, a, b):
             out[m, P_LINK] = -1
             out[m, P_VER] = 0
             out[m, P_PROTO] = 0
+            out[m, P_TUNNEL] = 0
             for k in range(10):
                 out[m, P_A0 + k] = 0
         out[m, P_TS_NS] = ts

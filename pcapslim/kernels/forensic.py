@@ -35,6 +35,7 @@ from ..constants import (
     F_OUTLEN,
     F_PAY,
     F_START,
+    F_TUNNEL,
     FS_CLOCK,
     FS_PROBES,
     H_HAVE,
@@ -48,6 +49,7 @@ from ..constants import (
     IKE_SA_INIT,
     IP_PROTO_ESP,
     IP_PROTO_TCP,
+    IP_PROTO_UDP,
     KEEP_BYTES,
     N_TFIELDS,
     OVPN_DATA_V1,
@@ -94,7 +96,7 @@ from .decide import (
     is_handshake_class,
     is_sliced_linktype,
     is_tls_port,
-    parse_ip,
+    parse_inner,
     starts_with_ssh,
 )
 from .policy import hot, jit
@@ -734,13 +736,15 @@ def forensic_packet(buf, rec, i, pcapng, table, fstate):
     caplen = rec[i, F_CAPLEN]
     data = rec[i, F_DATA]
     rec[i, F_CAT] = CAT_KEEP
+    rec[i, F_TUNNEL] = 0
     rec[i, F_OUTLEN] = rec[i, F_END] - rec[i, F_START]
     if not is_sliced_linktype(rec[i, F_LINK]):
         return
     fstate[FS_CLOCK] += 1
     fend = data + caplen
-    ver, ip, proto, l4, ip_end, dst = parse_ip(buf, data, caplen, rec[i, F_LINK])
-    if l4 < 0:
+    ver, ip, proto, l4, ip_end, dst, tunnels = parse_inner(buf, data, caplen, rec[i, F_LINK])
+    rec[i, F_TUNNEL] = tunnels
+    if l4 < 0 or (proto != IP_PROTO_TCP and proto != IP_PROTO_UDP and proto != IP_PROTO_ESP):
         return
     pay = 0
     if proto == IP_PROTO_TCP:

@@ -33,6 +33,7 @@ from ..constants import (
     F_OUTLEN,
     F_PAY,
     F_START,
+    F_TUNNEL,
     KEEP_BYTES,
     KIND_BLOCK,
     KIND_OTHER_PACKET,
@@ -83,10 +84,11 @@ def decide_into(buf, rec, i, data, caplen, linktype, decide):
     """Fill the decision fields of row i; return the number of frame bytes kept. With decide
     false (counting records only) every packet is kept."""
     if decide and is_sliced_linktype(linktype):
-        cat, ip, l4, pay, dst = decide_frame(buf, data, caplen, linktype)
+        cat, ip, l4, pay, dst, tunnels = decide_frame(buf, data, caplen, linktype)
     else:
-        cat, ip, l4, pay, dst = CAT_KEEP, 0, 0, 0, 0
+        cat, ip, l4, pay, dst, tunnels = CAT_KEEP, 0, 0, 0, 0, 0
     rec[i, F_CAT] = cat
+    rec[i, F_TUNNEL] = tunnels
     if cat == CAT_KEEP:
         return caplen
     rec[i, F_IP] = ip
@@ -143,6 +145,7 @@ def _plain_row(rec, n, pos, blen, kind, link):
     rec[n, F_KIND] = kind
     rec[n, F_LINK] = link
     rec[n, F_CAT] = CAT_KEEP
+    rec[n, F_TUNNEL] = 0
     rec[n, F_OUTLEN] = blen
 
 
