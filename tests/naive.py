@@ -216,9 +216,12 @@ def _gtpu(f: bytes, g: int, lim: int) -> tuple[int, int] | None:
     return at, f[at] >> 4
 
 
-def _tunnel(f: bytes, net: Network, lim: int) -> tuple[tuple[str, ...], int, int] | str | None:
+def _tunnel(
+    f: bytes, net: Network, lim: int
+) -> tuple[tuple[str, ...], int | None, int] | str | None:
     """What the header at net.l4 carries (the datagram captured up to lim): (kinds, inner IP,
-    its version), BAD, or None when it is no tunnel of §10's table."""
+    its version), BAD, or None when it is no tunnel of §10's table. The inner IP is None for
+    an Ethernet frame that holds no IP packet (ARP): the packet is inside, and kept."""
     at = net.l4
     assert at is not None
     if net.proto == 17:
@@ -229,13 +232,15 @@ def _tunnel(f: bytes, net: Network, lim: int) -> tuple[tuple[str, ...], int, int
         if dport in (4789, 8472):
             if lim < g + 8 or not f[g] & 0x08:
                 return BAD
-            found = _inner_ethernet(f, g + 8, lim)
-            return BAD if found is None else (("vxlan",), *found)
+            return ("vxlan",), *(_inner_ethernet(f, g + 8, lim) or (None, 0))
         if dport == 6081:
             if lim < g + 8 or f[g] >> 6 != 0:
                 return BAD
-            found = _by_type(f, int.from_bytes(f[g + 2 : g + 4]), g + 8 + 4 * (f[g] & 0x3F), lim)
-            return BAD if found is None else (("geneve",), *found)
+            ptype = int.from_bytes(f[g + 2 : g + 4])
+            found = _by_type(f, ptype, g + 8 + 4 * (f[g] & 0x3F), lim)
+            if found is None and ptype != 0x6558:
+                return BAD
+            return ("geneve",), *(found or (None, 0))
         if 2152 in (sport, dport):
             found = _gtpu(f, g, lim)
             return BAD if found is None else (("gtpu",), *found)
@@ -247,15 +252,16 @@ def _tunnel(f: bytes, net: Network, lim: int) -> tuple[tuple[str, ...], int, int
         body = at + 4 + 4 * sum(1 for bit in (0x80, 0x20, 0x10) if flags & bit)
         ptype = int.from_bytes(f[at + 2 : at + 4])
         if ptype == 0x88BE:
-            found = _inner_ethernet(f, body + 8, lim)
-            return BAD if found is None else (("gre", "erspan"), *found)
+            return ("gre", "erspan"), *(_inner_ethernet(f, body + 8, lim) or (None, 0))
         if ptype == 0x22EB:
             if lim < body + 12:
                 return BAD
-            found = _inner_ethernet(f, body + 12 + (8 if f[body + 11] & 1 else 0), lim)
-            return BAD if found is None else (("gre", "erspan"), *found)
+            eth = body + 12 + (8 if f[body + 11] & 1 else 0)
+            return ("gre", "erspan"), *(_inner_ethernet(f, eth, lim) or (None, 0))
         found = _by_type(f, ptype, body, lim)
-        return BAD if found is None else (("gre",), *found)
+        if found is None and ptype != 0x6558:
+            return BAD
+        return ("gre",), *(found or (None, 0))
     if net.proto in (4, 41):
         want = 4 if net.proto == 4 else 6
         if at >= lim or f[at] >> 4 != want:
@@ -289,6 +295,8 @@ def network(frame: bytes, link: int) -> Network | None:
             return Network(0, 0, 0, None, 0, None, None, tuple(kinds))
         assert not isinstance(t, str)
         names, ip, ver = t
+        if ip is None:
+            return Network(0, 0, 0, None, 0, None, None, tuple(kinds + list(names)))
         inner = _net_at(frame, ip, ver, lim)
         if inner is None:
             return Network(0, 0, 0, None, 0, None, None, tuple(kinds + list(names)))

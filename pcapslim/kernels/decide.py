@@ -359,7 +359,8 @@ def tunnel_inner(buf, proto, l4, lim):
     """What a header at l4 (IP protocol proto, the datagram captured up to lim) carries, as
     SPEC §10 decodes it: (kind, ip, version) of the inner IP header. kind is a TUN_* bit (GRE
     and ERSPAN together for ERSPAN), 0 when l4 starts no tunnel, -1 for a tunnel whose headers
-    do not parse (the packet is then kept)."""
+    do not parse (the packet is then kept). ip is -1 with a kind when the tunnel carries an
+    Ethernet frame that holds no IP packet: the packet is inside the tunnel, and kept."""
     if proto == IP_PROTO_UDP:
         if l4 + UDP_HDR_LEN > lim:
             return 0, -1, 0
@@ -370,13 +371,14 @@ def tunnel_inner(buf, proto, l4, lim):
                 return -1, -1, 0
             ip, v = ip_after_ethertype(buf, g + VXLAN_HDR_LEN + 12,
                                        g + VXLAN_HDR_LEN + ETH_HDR_LEN, lim)  # fmt: skip
-            return (TUN_VXLAN if ip >= 0 else -1), ip, v
+            return TUN_VXLAN, ip, v  # inside, even when the frame holds no IP (ARP)
         if dport == PORT_GENEVE:
             if g + GENEVE_HDR_LEN > lim or (np.int64(buf[g]) >> 6) != 0:
                 return -1, -1, 0
             opts = 4 * (np.int64(buf[g]) & 0x3F)
-            ip, v = _ip_by_type(buf, be16(buf, g + 2), g + GENEVE_HDR_LEN + opts, lim)
-            return (TUN_GENEVE if ip >= 0 else -1), ip, v
+            ptype = be16(buf, g + 2)
+            ip, v = _ip_by_type(buf, ptype, g + GENEVE_HDR_LEN + opts, lim)
+            return (TUN_GENEVE if ip >= 0 or ptype == ETH_TYPE_TEB else -1), ip, v
         if dport == PORT_GTPU or be16(buf, l4) == PORT_GTPU:
             ip = _gtpu_inner(buf, g, lim)
             ip, v = ip_by_nibble(buf, ip, lim) if ip >= 0 else (-1, 0)
@@ -402,9 +404,9 @@ def tunnel_inner(buf, proto, l4, lim):
                 eth = h + ERSPAN_III_HDR_LEN
                 eth += ERSPAN_III_SUBHDR_LEN if np.int64(buf[h + 11]) & 1 else 0
             ip, v = ip_after_ethertype(buf, eth + 12, eth + ETH_HDR_LEN, lim)
-            return (TUN_GRE | TUN_ERSPAN if ip >= 0 else -1), ip, v
+            return TUN_GRE | TUN_ERSPAN, ip, v
         ip, v = _ip_by_type(buf, ptype, h, lim)
-        return (TUN_GRE if ip >= 0 else -1), ip, v
+        return (TUN_GRE if ip >= 0 or ptype == ETH_TYPE_TEB else -1), ip, v
     if proto == IP_PROTO_IPIP or proto == IP_PROTO_IPV6:
         ip, v = ip_by_nibble(buf, l4, lim)
         if ip < 0 or v != (4 if proto == IP_PROTO_IPIP else 6):
@@ -434,6 +436,8 @@ def parse_inner(buf, f0, caplen, linktype):
         if kind < 0 or depth > MAX_TUNNEL_DEPTH:
             return 0, 0, 0, -1, 0, 0, tunnels | (depth << TUN_DEPTH_SHIFT)
         tunnels |= kind
+        if iip < 0:  # an Ethernet frame inside that holds no IP packet (ARP, LLDP): kept
+            return 0, 0, 0, -1, 0, 0, tunnels | (depth << TUN_DEPTH_SHIFT)
         outer_end = ip_end
         ver, ip, proto, l4, ip_end, dst = parse_ip_at(buf, iip, iver, lim)
         if ver == 0:
