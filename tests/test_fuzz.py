@@ -28,6 +28,7 @@ import flowgen
 import naive
 import pytest
 import randframes
+import tunnelgen
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from naive_forensic import Forensic
@@ -150,10 +151,13 @@ def _packets(r: random.Random, link: int, n: int, first_ts: int = 0) -> list[Pac
     if r.random() < 0.5:
         flows = []
     out = []
+    tunnels = r.random() < 0.4  # and in some, packets inside tunnel stacks (SPEC §10)
     for i in range(n):
         queue = r.choice(flows) if flows and r.random() < 0.4 else None
-        if queue:
-            pkt = queue.pop(0)
+        if queue or (tunnels and r.random() < 0.5):
+            pkt = queue.pop(0) if queue else flowgen.udp_datagram(r, i)
+            if tunnels and r.random() < 0.6:
+                pkt = tunnelgen.wrap(r, pkt, i)
             f = randframes.link_frame(r, pkt, link, 0x0800 if pkt[0] >> 4 == 4 else 0x86DD)
             flows = [q for q in flows if q]
         else:
@@ -186,9 +190,12 @@ def base_capture(r: random.Random) -> Capture:
 
 
 def _mutate_frame(r: random.Random, f: bytes, link: int) -> bytes:
-    """Change one header field the decision reads, found with the twin's own parser."""
-    b = bytearray(f)
+    """Change one header field the decision reads, found with the twin's own parser (a tunnel
+    header's, SPEC §10, when the frame holds tunnels: lengths, flags, versions, types)."""
     net = naive.network(f, link)
+    if net is not None and net.tunnels and r.random() < 0.5:
+        return tunnelgen.mutate_tunnel_header(r, f, link)
+    b = bytearray(f)
     if net is None or r.random() < 0.15:  # the link header: EtherType, tags, family
         at = {1: 12, 113: 14, 276: 0}.get(link)
         if at is not None and at + 2 <= len(b):

@@ -104,3 +104,49 @@ def wrap(r: random.Random, packet: bytes, n: int) -> bytes:
     for _ in range(depth):
         packet = wrap_once(r, packet, n, bad=r.random() < 0.05)
     return packet
+
+
+def mutate_tunnel_header(r: random.Random, frame: bytes, link: int) -> bytes:
+    """Change one field of one tunnel header the frame holds (found with the twin's own walk):
+    a port, flags, a version, a protocol type, a length, the outer IP's length or protocol.
+    The frame as it was when it holds no tunnel."""
+    import naive
+
+    net = naive.network(frame, link)
+    if net is None or not net.enclosing:
+        return frame
+    outer, kind = r.choice(net.enclosing)
+    b = bytearray(frame)
+    at = outer.l4
+    assert at is not None
+    pick = r.random()
+    if pick < 0.2:  # the enclosing IP packet's length or protocol
+        if outer.version == 4:
+            if r.random() < 0.5:
+                b[outer.ip + 2 : outer.ip + 4] = struct.pack("!H", r.randrange(20, len(b) + 40))
+            else:
+                b[outer.ip + 9] = r.choice((4, 41, 47, 17, 6))
+        else:
+            b[outer.ip + 4 : outer.ip + 6] = struct.pack("!H", r.randrange(0, len(b)))
+    elif outer.proto == 17:
+        field = r.choice(("dport", "flags", "type", "length", "udp_length"))
+        if field == "dport":
+            b[at + 2 : at + 4] = struct.pack("!H", r.choice((4789, 8472, 6081, 2152, 53, 443)))
+        elif field == "flags" and at + 9 <= len(b):
+            b[at + 8] = r.randrange(256)  # VXLAN flags, Geneve version and option length, GTP
+        elif field == "type" and at + 12 <= len(b):
+            b[at + 9 : at + 12] = r.randbytes(3)  # GTP message type, Geneve protocol type
+        elif field == "length" and at + 12 <= len(b):
+            b[at + 10 : at + 12] = struct.pack("!H", r.randrange(65536))  # GTP-U length
+        elif at + 6 <= len(b):
+            b[at + 4 : at + 6] = struct.pack("!H", r.randrange(65536))
+    elif outer.proto == 47 and at + 4 <= len(b):
+        if r.random() < 0.5:
+            b[at] = r.randrange(256)  # checksum, routing, key, sequence flags
+            b[at + 1] = r.choice((0, 0, 1, 7))  # version
+        else:
+            ptype = r.choice((0x0800, 0x86DD, 0x6558, 0x88BE, 0x22EB, 0x8847, 0x880B))
+            b[at + 2 : at + 4] = struct.pack("!H", ptype)
+    elif outer.proto in (4, 41) and at < len(b):
+        b[at] = (r.choice((4, 6, 5)) << 4) | (b[at] & 0x0F)  # the inner version
+    return bytes(b)
