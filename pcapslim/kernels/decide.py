@@ -173,6 +173,12 @@ def ip_after_ethertype(buf, type_off, hdr_end, fend):
             if bottom:
                 break
         return ip_by_nibble(buf, p, fend)
+    return ip_of_ethertype(et, p)
+
+
+@jit
+def ip_of_ethertype(et, p):
+    """(p, 4) or (p, 6) when the EtherType says an IP header starts at p, else (-1, 0)."""
     if et == ETH_TYPE_IP:
         return p, 4
     if et == ETH_TYPE_IP6:
@@ -321,11 +327,7 @@ def _ip_by_type(buf, ptype, p, lim):
     (0x6558: through its own tags to its IP header), IPv4 or IPv6; (-1, 0) for anything else."""
     if ptype == ETH_TYPE_TEB:
         return ip_after_ethertype(buf, p + 12, p + ETH_HDR_LEN, lim)
-    if ptype == ETH_TYPE_IP:
-        return p, 4
-    if ptype == ETH_TYPE_IP6:
-        return p, 6
-    return -1, 0
+    return ip_of_ethertype(ptype, p)
 
 
 @jit
