@@ -11,6 +11,7 @@ and tshark finds no bad checksum in it and no packet kept whole malformed.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ import capture_vpn  # noqa: E402
 import capture_webrtc_quic  # noqa: E402
 from netcap import CAPTURES, Truth  # noqa: E402
 
-pytestmark = [pytest.mark.dissector, pytest.mark.usefixtures("kernels")]
+# slow: left out of the JIT-off pass, whose kernels the differential tests cover
+pytestmark = [pytest.mark.dissector, pytest.mark.slow, pytest.mark.usefixtures("kernels")]
 
 TRUTHS: list[Truth] = [
     *capture_vpn.TRUTHS,
@@ -47,11 +49,12 @@ CHECKSUMS = ("-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
              "-o", "tcp.check_checksum:TRUE")  # fmt: skip
 
 
+@functools.cache  # the originals are read for both kernel sets: once is enough
 def tshark(path: Path, *args: str) -> list[str]:
     p = subprocess.run(["tshark", "-n", "-r", str(path), *args], capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stderr
-    return p.stdout.splitlines()
+    return p.stdout.splitlines()  # (a slim copy's path is new for every test)
 
 
 def frames_matching(path: Path, truth: Truth, display_filter: str) -> set[int]:

@@ -13,6 +13,7 @@ counts each packet inside its tunnels.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ import capture_tunnels  # noqa: E402
 import capture_vxlan  # noqa: E402
 from netcap import CAPTURES  # noqa: E402
 
-pytestmark = [pytest.mark.dissector, pytest.mark.usefixtures("kernels")]
+# slow: left out of the JIT-off pass, whose kernels the differential tests cover
+pytestmark = [pytest.mark.dissector, pytest.mark.slow, pytest.mark.usefixtures("kernels")]
 
 PAIRS = [*capture_vxlan.PAIRS, *capture_tunnels.PAIRS]
 CHECKSUMS = ("-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE",
@@ -38,6 +40,7 @@ BAD = ("ip.checksum.status == 0 or udp.checksum.status == 0 or tcp.checksum.stat
        "or gre.checksum.status == 0")  # fmt: skip
 
 
+@functools.cache  # the originals are read for both kernel sets and rule sets: once is enough
 def frames_matching(path: Path, display_filter: str, decode: tuple[str, ...] = ()) -> set[int]:
     hints = [a for d in decode for a in ("-d", d)]
     p = subprocess.run(["tshark", "-n", "-r", str(path), *CHECKSUMS, *hints, "-Y",
