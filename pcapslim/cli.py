@@ -70,6 +70,14 @@ app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def slim(
     ctx: typer.Context,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Slim each of these captures in place, as --single does (for tcpdump -z, "
+            "find -exec).",
+            show_default=False,
+        ),
+    ] = None,
     dir: Annotated[
         Path | None,
         typer.Option(
@@ -82,13 +90,17 @@ def slim(
     workers: Annotated[
         int,
         typer.Option(
-            min=_lo("workers"), max=_hi("workers"), help="Files processed at once (--dir)."
+            min=_lo("workers"),
+            max=_hi("workers"),
+            envvar="PCAP_SLIM_WORKERS",
+            help="Files processed at once (--dir).",
         ),
     ] = 1,
     age_minutes: Annotated[
         float,
         typer.Option(
-            min=_lo("age_minutes"), help="--dir only: skip files modified less than N minutes ago."
+            min=_lo("age_minutes"),
+            help="--dir only: skip files modified less than N minutes ago.",
         ),
     ] = 0,
     dry_run: Annotated[
@@ -97,11 +109,15 @@ def slim(
     check_only: Annotated[
         bool, typer.Option("--check-only", help="Analyse and report; write nothing.")
     ] = False,
-    output: Annotated[Output, typer.Option(help="Report format.")] = Output.human,
+    output: Annotated[
+        Output, typer.Option(envvar="PCAP_SLIM_OUTPUT", help="Report format.")
+    ] = Output.human,
     max_io_mbps: Annotated[
         float | None,
         typer.Option(
-            min=_lo("max_io_mbps"), help="Cap read+write throughput, decimal MB/s, all workers."
+            min=_lo("max_io_mbps"),
+            envvar="PCAP_SLIM_MAX_IO_MBPS",
+            help="Cap read+write throughput, decimal MB/s, all workers.",
         ),
     ] = None,
     max_cpu_percent: Annotated[
@@ -109,6 +125,7 @@ def slim(
         typer.Option(
             min=_lo("max_cpu_percent"),
             max=_hi("max_cpu_percent"),
+            envvar="PCAP_SLIM_MAX_CPU_PERCENT",
             help="Cap this process's share of the machine's CPU.",
         ),
     ] = None,
@@ -117,6 +134,7 @@ def slim(
         typer.Option(
             min=_lo("cpu_backoff_above"),
             max=_hi("cpu_backoff_above"),
+            envvar="PCAP_SLIM_CPU_BACKOFF_ABOVE",
             help="Lower the CPU target while the rest of the machine uses more than F %.",
         ),
     ] = None,
@@ -125,12 +143,15 @@ def slim(
         typer.Option(
             min=_lo("cpu_backoff_strength"),
             max=_hi("cpu_backoff_strength"),
+            envvar="PCAP_SLIM_CPU_BACKOFF_STRENGTH",
             help="How hard to back off, 0.0-1.0.",
         ),
     ] = 0.5,
     mmap: Annotated[bool, typer.Option("--mmap", help="Force memory-mapped reads.")] = False,
     no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Force buffered reads.")] = False,
-    rules: Annotated[Rules, typer.Option(help="Decision rules.")] = Rules.compatible,
+    rules: Annotated[
+        Rules, typer.Option(envvar="PCAP_SLIM_RULES", help="Decision rules.")
+    ] = Rules.compatible,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -166,13 +187,17 @@ def slim(
     ] = 60.0,
     metrics_file: Annotated[
         Path | None,
-        typer.Option(help="Write Prometheus metrics here (node_exporter textfile format)."),
+        typer.Option(
+            envvar="PCAP_SLIM_METRICS_FILE",
+            help="Write Prometheus metrics here (node_exporter textfile format).",
+        ),
     ] = None,
     compress_level: Annotated[
         int | None,
         typer.Option(
             min=_lo("compress_level"),
             max=_hi("compress_level"),
+            envvar="PCAP_SLIM_COMPRESS_LEVEL",
             help="Compressed captures: the level of the slim copy (gzip 1-9, default 6; zstd "
             "1-19, default 3).",
         ),
@@ -180,7 +205,9 @@ def slim(
     offset_map: Annotated[
         bool,
         typer.Option(
-            "--offset-map", help="Write each file's old-to-new record offsets beside its marker."
+            "--offset-map",
+            envvar="PCAP_SLIM_OFFSET_MAP",
+            help="Write each file's old-to-new record offsets beside its marker.",
         ),
     ] = False,
     version: Annotated[
@@ -189,15 +216,15 @@ def slim(
 ) -> None:
     """Slim packet captures in place: keep every packet, header and handshake; cut encrypted
     payloads to their first 24 bytes."""
-    if (dir is None) == (single is None):
-        raise typer.BadParameter("give exactly one of --dir and --single")
+    if (dir is not None) + (single is not None) + bool(files) != 1:
+        raise typer.BadParameter("give exactly one of --dir, --single and capture files")
     if mmap and no_mmap:
         raise typer.BadParameter("--mmap and --no-mmap exclude each other")
-    if single is not None and age_minutes:
+    if dir is None and age_minutes:
         raise typer.BadParameter("--age-minutes applies to --dir only")
-    if single is not None and watch:
+    if dir is None and watch:
         raise typer.BadParameter("--watch applies to --dir only")
-    if single is not None and (recursive or scheduler):
+    if dir is None and (recursive or scheduler):
         raise typer.BadParameter("--recursive and --scheduler apply to --dir only")
     options = _options(ctx.params)
     as_json = output is Output.json
@@ -210,8 +237,7 @@ def slim(
     elif dir is not None:
         code = front.slim(dir, directory=True)
     else:
-        assert single is not None
-        code = front.slim(single, directory=False)
+        code = front.slim_files([single] if single is not None else list(files or ()))
     if options.stop is not None and options.stop.stranded:
         # files left to threads blocked in the system: the report is out, the process ends
         # without waiting for them (their tmp files are taken over by the next run)
@@ -262,9 +288,13 @@ class _Front:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def slim(self, target: Path, directory: bool) -> int:
-        """--dir and --single: a line per file (in the order of the listing, or as the files
-        finish on a cluster), then the summary or the JSON report."""
+    def slim_files(self, targets: list[Path]) -> int:
+        """--single FILE, or FILE...: each in place, in the given order."""
+        return self.slim(targets[0], directory=False, targets=targets)
+
+    def slim(self, target: Path, directory: bool, targets: list[Path] | None = None) -> int:
+        """--dir, --single and files: a line per file (in the order of the listing, or as the
+        files finish on a cluster), then the summary or the JSON report."""
         from . import report, run
         from .shutdown import EXIT_SECONDS
 
@@ -283,10 +313,9 @@ class _Front:
                     )
                 else:
                     options = self._with_progress()
-                    self._listed([target])
-                    results = run.slim_files(
-                        [target], options, on_result=self._result, on_notice=_err
-                    )
+                    paths = targets or [target]
+                    self._listed(paths)
+                    results = run.slim_files(paths, options, on_result=self._result, on_notice=_err)
             except DirectoryError as e:
                 if self.as_json:
                     print(report.json_report([], self._ms(), o.check_only, o.rules, error=str(e)))

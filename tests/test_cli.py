@@ -119,6 +119,10 @@ def test_the_command_does_not_load_scipy_linalg_for_numba(tmp_path):  # type: ig
         ["--single", "D/x.pcap", "--age-minutes", "5"],
         ["--dir", "D", "--dry-run", "--check-only"],
         ["--dir", "D", "--bogus"],
+        ["D/x.pcap", "--dir", "D"],  # files, or --dir, or --single
+        ["D/x.pcap", "--single", "D/x.pcap"],
+        ["D/x.pcap", "--watch"],  # --dir only
+        ["D/x.pcap", "--age-minutes", "5"],
     ],
 )
 def test_usage_errors_exit_2_and_touch_nothing(tmp_path, args):  # type: ignore[no-untyped-def]
@@ -164,6 +168,45 @@ def test_single_slims_in_place_and_writes_the_marker_last(tmp_path):  # type: ig
     assert doc["files"] == [{"file": str(f), "status": "skipped_marker"}]
     assert doc["summary"]["skip"] == 1
     assert invoke("--single", f, check_rc=0).stderr.startswith(f"skip (marked): {f}")
+
+
+def test_file_arguments_slim_each_in_place_as_single_does(tmp_path):  # type: ignore[no-untyped-def]
+    """`pcap-slim FILE...` (as tcpdump -z and find -exec call it), a real process: each file
+    slimmed in place and marked, in the order given, a marked one skipped, a missing one
+    failed (exit 1) without stopping the others."""
+    data = capture()
+    a, b, marked = tmp_path / "a.pcap", tmp_path / "sub" / "b.pcap", tmp_path / "m.pcap"
+    b.parent.mkdir()
+    for f in (a, b, marked):
+        f.write_bytes(data)
+    (tmp_path / ".slim_markers").mkdir()
+    (tmp_path / ".slim_markers" / "m.pcap").touch()
+    missing = tmp_path / "gone.pcap"
+    p = run(b, missing, a, marked, check_rc=1)
+    assert a.read_bytes() == b.read_bytes() == expected_slim(data)
+    assert marked.read_bytes() == data
+    assert (tmp_path / ".slim_markers" / "a.pcap").is_file()
+    assert (tmp_path / "sub" / ".slim_markers" / "b.pcap").is_file()
+    lines = p.stderr.strip().splitlines()
+    assert [line.split()[1] if not line.startswith("skip") else line for line in lines[:4]] == [
+        str(b), str(missing) + ":", str(a), f"skip (marked): {marked}"]  # fmt: skip
+    assert SUMMARY.match(lines[-1]).groups()[:4] == ("done", "2", "1", "1")  # type: ignore[union-attr]
+    assert p.stdout == ""
+
+
+def test_options_come_from_the_environment_too(tmp_path):  # type: ignore[no-untyped-def]
+    """tcpdump -z passes no options: PCAP_SLIM_RULES and the like set them (a real process)."""
+    f = tmp_path / "s.pcap"
+    shutil.copyfile(SAMPLE, f)
+    env = {"PCAP_SLIM_RULES": "forensic", "PCAP_SLIM_OUTPUT": "json"}
+    doc = json.loads(run(f, "--check-only", env=env, check_rc=0).stdout)
+    assert doc["summary"]["rules"] == "forensic"
+    forensic = naive.slim_bytes(SAMPLE.read_bytes(), Forensic().decide)
+    assert {k: v for k, v in doc["files"][0]["truncated_by"].items() if v} == forensic.categories
+    assert run(f, "--check-only", "--rules", "compatible", env=env, check_rc=0).json()[
+        "summary"]["rules"] == "compatible"  # fmt: skip
+    bad = run(f, "--check-only", env={"PCAP_SLIM_RULES": "strict"}, check_rc=2)
+    assert "strict" in bad.stderr and bad.stdout == ""
 
 
 def test_json_report_has_every_key_of_the_native_tool(tmp_path):  # type: ignore[no-untyped-def]
