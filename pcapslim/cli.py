@@ -78,6 +78,16 @@ def slim(
             show_default=False,
         ),
     ] = None,
+    write_to: Annotated[
+        Path | None,
+        typer.Option(
+            "-w",
+            "--write",
+            help="With one capture (or - for standard input): write the slim copy here "
+            "instead of in place (.gz, .zst: compressed); from - without it, to standard output.",
+            show_default=False,
+        ),
+    ] = None,
     dir: Annotated[
         Path | None,
         typer.Option(
@@ -218,6 +228,17 @@ def slim(
     payloads to their first 24 bytes."""
     if (dir is not None) + (single is not None) + bool(files) != 1:
         raise typer.BadParameter("give exactly one of --dir, --single and capture files")
+    streaming = bool(files) and str(files[0]) == "-"  # type: ignore[index]
+    if write_to is not None or streaming:
+        if not files or len(files) != 1:
+            raise typer.BadParameter("-w and - take one capture: pcap-slim IN -w OUT, or "
+                                     "pcap-slim - [-w OUT]")  # fmt: skip
+        if dry_run or check_only or watch or age_minutes or recursive or scheduler:
+            raise typer.BadParameter(
+                "a stream or a copy takes no --dry-run, --check-only, --watch, --age-minutes, "
+                "--recursive or --scheduler"
+            )
+        raise typer.Exit(_stream(files[0], write_to, str(rules), output is Output.json))
     if mmap and no_mmap:
         raise typer.BadParameter("--mmap and --no-mmap exclude each other")
     if dir is None and age_minutes:
@@ -245,6 +266,45 @@ def slim(
         sys.stderr.flush()
         os._exit(code)
     raise typer.Exit(code)
+
+
+def _stream(src: Path, write_to: Path | None, rules: str, as_json: bool) -> int:
+    """pcap-slim - [-w OUT] and pcap-slim IN -w OUT: the capture read in order and slimmed as it
+    comes (pcapslim.stream); the report on standard error, which leaves standard output to
+    the capture."""
+    from . import report
+    from .results import STATUS_FAIL, STATUS_OK, FileResult
+    from .stream import FileOutput, ReaderGone, StopFlag, fd_writer, slim_stream
+
+    t0 = time.perf_counter()
+    name = "-" if str(src) == "-" else str(src)
+    out = FileOutput(str(write_to)) if write_to is not None else None
+    fd_in = 0 if name == "-" else os.open(name, os.O_RDONLY)
+    result: FileResult
+    try:
+        with StopFlag() as stop:
+            write = out.write if out is not None else fd_writer(1)
+            stats = slim_stream(fd_in, write, rules=rules, name=name, stopping=stop)
+        if out is not None:
+            out.commit()
+            stats.out_bytes = out.disk_bytes
+        result = FileResult(name, STATUS_OK, stats)
+    except ReaderGone:
+        return EXIT_OK  # whoever read the capture went away: nothing more to say
+    except (PcapslimError, OSError) as e:
+        if out is not None:
+            out.abandon()
+        result = FileResult(name, STATUS_FAIL, error=str(e))
+    finally:
+        if fd_in != 0:
+            os.close(fd_in)
+    ms = int((time.perf_counter() - t0) * 1000)
+    if as_json:
+        _err(report.json_report([result], ms, False, rules))
+    else:
+        _err(report.human_line(result))
+        _err(report.human_summary([result], ms / 1000, False))
+    return EXIT_OK if result.status == STATUS_OK else EXIT_FAIL
 
 
 def _options(flags: dict[str, Any]) -> Options:

@@ -135,7 +135,7 @@ class _Sections:
             self.patches.append(self.shb_out + SECTION_LEN_OFF)
 
 
-def _count(
+def count_window(
     stats: SlimStats,
     rec: npt.NDArray[np.int64],
     n: int,
@@ -471,7 +471,7 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
                 sections.feed(buf, rec, n, out_pos, out_off)
             if run.offsets is not None:
                 run.offsets.add(base + rec[:n, F_START], out_pos + out_off)
-            _count(stats, rec, n, cat_counts, None if pcapng else fmt.linktype)
+            count_window(stats, rec, n, cat_counts, None if pcapng else fmt.linktype)
             if run.on_window is not None:
                 run.on_window(buf, rec, n)
             stage.submit(buf, n, out_off, total)
@@ -509,10 +509,15 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             raise _Rewrite(sections.patches)
         for off in sections.patches:
             stage.sink.patch(off, UNSPECIFIED_SECTION_LEN)
+    finish_counts(stats, cat_counts, ks)
+    return int(out_pos), int(pos)
+
+
+def finish_counts(stats: SlimStats, cat_counts: npt.NDArray[np.int64], ks: KernelSet) -> None:
+    """The per-category counts of a whole capture, and its link types no rule slices."""
     for code, name in enumerate(CATEGORY_NAMES, start=1):
         stats.truncated_by[name] = int(cat_counts[code])
     stats.truncated = int(cat_counts[1:].sum())
     stats.unsliced_linktypes = sorted(
         int(k) for k in stats.linktypes if not ks.is_sliced_linktype(int(k))
     )
-    return int(out_pos), int(pos)

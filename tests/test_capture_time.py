@@ -1,0 +1,129 @@
+"""Slimming at capture time with the real capture tools, inside a network namespace this test
+creates (fixtures/netcap.py: traffic on its loopback only, every process stopped by its PID,
+the namespace deleted at the end): `tcpdump -U -w -`, `dumpcap -w -` (pcapng) and tcpdump
+through `zstd`, each piped through `tee` (the full capture) into `pcap-slim -`, while real TLS,
+HTTP and DNS conversations run. The slim file is what slimming the full capture gives, under
+both rule sets (pcapng section lengths -1)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_stream import unspecified_sections
+
+from pcapslim import slim_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
+from netcap import Lab, self_signed  # noqa: E402
+
+pytestmark = pytest.mark.slow  # real tools and traffic: the JIT-off pass leaves it out
+
+TRAFFIC = r"""
+import socket, ssl, sys, urllib.request
+for _ in range(3):
+    urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5).read()
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+for _ in range(2):
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", 443), timeout=5)) as s:
+        s.sendall(b"x" * 20000)
+        got = 0
+        while got < 20000:
+            got += len(s.recv(65536))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(4):
+    query = bytes([i, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    u.sendto(query, ("127.0.0.1", 53))
+"""
+
+TLS_ECHO = r"""
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + "/cert.pem", sys.argv[1] + "/key.pem")
+srv = socket.create_server(("127.0.0.1", 443))
+srv.settimeout(60)
+for _ in range(2):
+    conn, _ = srv.accept()
+    with ctx.wrap_socket(conn, server_side=True) as s:
+        got = 0
+        while got < 20000:
+            data = s.recv(65536)
+            got += len(data)
+            s.sendall(data)
+"""
+
+
+def _producer(kind: str, ns: str) -> list[str]:
+    if kind == "dumpcap":
+        return ["ip", "netns", "exec", ns, "dumpcap", "-q", "-i", "lo", "-w", "-"]
+    return ["ip", "netns", "exec", ns, "tcpdump", "-i", "lo", "-U", "-n", "-s", "0",
+            "--immediate-mode", "-Z", "root", "-w", "-"]  # fmt: skip
+
+
+@pytest.mark.parametrize("rules", ["compatible", "forensic"])
+@pytest.mark.parametrize("kind", ["tcpdump", "dumpcap", "tcpdump-zstd"])
+def test_a_capture_tool_piped_into_pcap_slim(tmp_path, kind, rules):  # type: ignore[no-untyped-def]
+    for tool in ("tcpdump", "dumpcap", "zstd", "tee", "ip"):
+        assert shutil.which(tool), f"{tool} is needed (scripts/test installs it)"
+    full, out = tmp_path / "full.cap", tmp_path / "slim.cap"
+    self_signed(tmp_path, "capture.pslim.test")
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("cleartext page\n" * 200)
+    with Lab() as lab:
+        ns = lab.ns("cap")
+        lab.start(ns, [sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
+                       "--directory", str(tmp_path / "www")])  # fmt: skip
+        lab.start(ns, [sys.executable, "-c", TLS_ECHO, str(tmp_path)])
+        lab.wait_port(ns, 8080)
+        lab.wait_port(ns, 443)
+        chain = []
+        log = open(tmp_path / "producer.log", "wb")  # noqa: SIM115
+        cap = subprocess.Popen(_producer(kind.split("-")[0], ns), stdout=subprocess.PIPE,
+                               stderr=log)  # fmt: skip
+        log.close()
+        chain.append(cap)
+        upstream = cap.stdout
+        if kind.endswith("zstd"):
+            z = subprocess.Popen(["zstd", "-q", "-c"], stdin=upstream, stdout=subprocess.PIPE)
+            chain.append(z)
+            upstream = z.stdout
+        tee = subprocess.Popen(["tee", str(full)], stdin=upstream, stdout=subprocess.PIPE)
+        chain.append(tee)
+        slim = subprocess.Popen([sys.executable, "-m", "pcapslim", "-", "--rules", rules, "-w",
+                                 str(out)], stdin=tee.stdout, stderr=subprocess.PIPE)  # fmt: skip
+        for p in chain:  # each pipe's read end now belongs to the next process alone
+            if p.stdout is not None:
+                p.stdout.close()
+        try:
+            deadline = time.monotonic() + 20  # the tool says it listens (tcpdump, dumpcap)
+            while not any(w in (tmp_path / "producer.log").read_text() for w in (
+                    "listening on", "Capturing on")):  # fmt: skip
+                assert time.monotonic() < deadline, "the capture tool did not start"
+                time.sleep(0.1)
+            time.sleep(0.5)
+            lab.sh(ns, f"{sys.executable} -c '{TRAFFIC}'", timeout=60)
+            time.sleep(0.5)
+        finally:
+            cap.send_signal(signal.SIGINT)  # by its PID: the tool ends, the pipe closes
+            for p in chain:
+                p.wait(30)
+            _, err = slim.communicate(timeout=60)
+    assert slim.returncode == 0, err
+    expected = tmp_path / "expected.cap"
+    stats = slim_file(full, expected, rules=rules)  # a zstd file: slimmed to zstd
+    if kind.endswith("zstd"):
+        import zstandard
+
+        expected.write_bytes(zstandard.ZstdDecompressor().stream_reader(
+            expected.read_bytes()).read())  # fmt: skip
+    want = expected.read_bytes()
+    if kind == "dumpcap":
+        want = unspecified_sections(want)
+    assert stats.in_pkts > 50 and stats.truncated > 5
+    assert out.read_bytes() == want
