@@ -7,6 +7,7 @@ both rule sets (pcapng section lengths -1)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from capfile import read_records
 from test_stream import unspecified_sections
 
 from pcapslim import slim_file
@@ -127,3 +129,53 @@ def test_a_capture_tool_piped_into_pcap_slim(tmp_path, kind, rules):  # type: ig
         want = unspecified_sections(want)
     assert stats.in_pkts > 50 and stats.truncated > 5
     assert out.read_bytes() == want
+
+
+def test_tcpdump_rotating_files_has_each_slimmed_once_as_it_closes(tmp_path):  # type: ignore[no-untyped-def]
+    """`tcpdump -G 1 -w 'cap-%...' -z pcap-slim` on real traffic: every file tcpdump rotated
+    away from is slimmed and marked (the forensic rules, from the environment), none twice; the
+    file tcpdump still wrote when it stopped is left alone."""
+    command = Path(sys.executable).parent / "pcap-slim"
+    assert command.exists(), "the pcap-slim command is not installed beside this Python"
+    captures = tmp_path / "pcap"
+    captures.mkdir()
+    self_signed(tmp_path, "capture.pslim.test")
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("cleartext page\n" * 200)
+    with Lab() as lab:
+        ns = lab.ns("rot")
+        lab.start(ns, [sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
+                       "--directory", str(tmp_path / "www")])  # fmt: skip
+        tcpdump = lab.start(ns, ["env", "PCAP_SLIM_RULES=forensic", "tcpdump", "-i", "lo", "-n",
+                                 "-U", "-s", "0", "-Z", "root", "-G", "1", "-w",
+                                 str(captures / "cap-%Y%m%d%H%M%S.pcap"), "-z", str(command)],
+                            log=tmp_path / "tcpdump.log")  # fmt: skip
+        lab.wait_port(ns, 8080)
+        deadline = time.monotonic() + 20
+        while "listening on" not in (tmp_path / "tcpdump.log").read_text():
+            assert time.monotonic() < deadline, "tcpdump did not start"
+            time.sleep(0.1)
+        for _ in range(4):  # a rotation happens at the first packet after each second
+            lab.start(ns, [sys.executable, "-c", TLS_ECHO, str(tmp_path)])
+            lab.wait_port(ns, 443)
+            lab.sh(ns, f"{sys.executable} -c '{TRAFFIC}'", timeout=60)
+            time.sleep(1.2)
+        lab.stop(tcpdump, signal.SIGINT)
+    files = sorted(captures.glob("cap-*.pcap"))
+    rotated, last = files[:-1], files[-1]
+    assert len(rotated) >= 3, files
+    markers = captures / ".slim_markers"
+    deadline = time.monotonic() + 60  # -z runs pcap-slim in the background of tcpdump
+    while not all((markers / f.name).exists() for f in rotated):
+        assert time.monotonic() < deadline, "a rotated file was not slimmed"
+        time.sleep(0.2)
+    assert not (markers / last.name).exists()
+    assert sorted(m.name for m in markers.iterdir()) == sorted(f.name for f in rotated)
+    cut = 0
+    for f in rotated:
+        for r in read_records(f.read_bytes()):
+            cut += len(r.frame) < r.orig_len  # a cut packet keeps its original length
+    assert cut > 5
+    again = subprocess.run([sys.executable, "-m", "pcapslim", *map(str, rotated), "--output",
+                            "json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert {f["status"] for f in json.loads(again.stdout)["files"]} == {"skipped_marker"}

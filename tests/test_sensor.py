@@ -633,6 +633,25 @@ def test_shipped_units_verify_without_a_warning():  # type: ignore[no-untyped-de
     assert "Unit=" not in (UNITS / "pcap-slim.timer").read_text()  # it starts pcap-slim.service
 
 
+def test_capture_time_units_verify_without_a_warning():  # type: ignore[no-untyped-def]
+    """contrib/capture: tcpdump with -z pcap-slim, tcpdump and dumpcap piped into pcap-slim -."""
+    capture_units = UNITS.parent / "capture"
+    units = sorted(capture_units.glob("*.service"))
+    assert {u.name for u in units} == {
+        "tcpdump-slim-rotate.service", "tcpdump-slim-pipe.service", "dumpcap-slim-pipe.service"
+    }  # fmt: skip
+
+    def verify() -> None:
+        for unit in units:
+            p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                               text=True, cwd=capture_units, timeout=60)  # fmt: skip
+            assert p.returncode == 0 and p.stdout == "" and p.stderr == "", (unit, p.stderr)
+            text = unit.read_text()
+            assert "/usr/local/bin/pcap-slim" in text and "ReadWritePaths=/data/pcap" in text
+
+    _with_command(verify)
+
+
 def test_the_environment_file_gives_a_valid_command_line(tmp_path):  # type: ignore[no-untyped-def]
     env = {}
     for line in (UNITS / "pcap-slim.env").read_text().splitlines():
