@@ -2,8 +2,8 @@
 creates (fixtures/netcap.py: traffic on its loopback only, every process stopped by its PID,
 the namespace deleted at the end): `tcpdump -U -w -`, `dumpcap -w -` (pcapng) and tcpdump
 through `zstd`, each piped through `tee` (the full capture) into `pcap-slim -`, while real TLS,
-HTTP and DNS conversations run. The slim file is what slimming the full capture gives, under
-both rule sets (pcapng section lengths -1)."""
+SSH (paramiko), HTTP and DNS conversations run. The slim file is what slimming the full
+capture gives, under both rule sets (pcapng section lengths -1)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,44 @@ u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(4):
     query = bytes([i, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + b"\x07example\x03com\x00\x00\x01\x00\x01"
     u.sendto(query, ("127.0.0.1", 53))
+"""
+
+SSH_TALK = r"""
+import socket, threading, paramiko
+key = paramiko.RSAKey.generate(1024)
+class Server(paramiko.ServerInterface):
+    def get_allowed_auths(self, username): return "password"
+    def check_auth_password(self, username, password): return paramiko.AUTH_SUCCESSFUL
+    def check_channel_request(self, kind, chanid): return paramiko.OPEN_SUCCEEDED
+    def check_channel_exec_request(self, channel, command): return True
+srv = socket.create_server(("127.0.0.1", 22))
+srv.settimeout(30)
+def serve():
+    conn, _ = srv.accept()
+    t = paramiko.Transport(conn)
+    t.add_server_key(key)
+    t.start_server(server=Server())
+    ch = t.accept(20)
+    data = b""
+    while len(data) < 30000:
+        data += ch.recv(65536)
+    ch.sendall(data)
+    ch.send_exit_status(0)
+    ch.close()
+th = threading.Thread(target=serve, daemon=True)
+th.start()
+client = paramiko.SSHClient()
+client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+client.connect("127.0.0.1", 22, username="sensor", password="x", look_for_keys=False,
+               allow_agent=False, timeout=20)
+ch = client.get_transport().open_session()
+ch.exec_command("cat")
+ch.sendall(b"y" * 30000)
+got = b""
+while len(got) < 30000:
+    got += ch.recv(65536)
+client.close()
+th.join(10)
 """
 
 TLS_ECHO = r"""
@@ -110,6 +148,7 @@ def test_a_capture_tool_piped_into_pcap_slim(tmp_path, kind, rules):  # type: ig
                 time.sleep(0.1)
             time.sleep(0.5)
             lab.sh(ns, f"{sys.executable} -c '{TRAFFIC}'", timeout=60)
+            lab.sh(ns, f"{sys.executable} -c '{SSH_TALK}'", timeout=60)
             time.sleep(0.5)
         finally:
             cap.send_signal(signal.SIGINT)  # by its PID: the tool ends, the pipe closes
@@ -128,6 +167,8 @@ def test_a_capture_tool_piped_into_pcap_slim(tmp_path, kind, rules):  # type: ig
     if kind == "dumpcap":
         want = unspecified_sections(want)
     assert stats.in_pkts > 50 and stats.truncated > 5
+    cut = stats.truncated_by
+    assert cut["tls"] > 0 and (cut["ssh"] > 0 or rules == "forensic"), cut  # TLS and SSH were on
     assert out.read_bytes() == want
 
 
@@ -170,6 +211,7 @@ def test_tcpdump_rotating_files_has_each_slimmed_once_as_it_closes(tmp_path):  #
         assert time.monotonic() < deadline, "a rotated file was not slimmed"
         time.sleep(0.2)
     assert not (markers / last.name).exists()
+    assert all(len(r.frame) == r.orig_len for r in read_records(last.read_bytes()))  # untouched
     assert sorted(m.name for m in markers.iterdir()) == sorted(f.name for f in rotated)
     cut = 0
     for f in rotated:
