@@ -180,3 +180,24 @@ def test_stream_usage_errors(tmp_path, args):  # type: ignore[no-untyped-def]
     p = subprocess.run([*CMD, *args], capture_output=True, timeout=60, cwd=tmp_path, input=b"")
     assert p.returncode == 2 and p.stdout == b""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_stays_bounded_whatever_the_streams_length(tmp_path):  # type: ignore[no-untyped-def]
+    """150 MB through the pipe: the process's peak resident size (which would hold the stream
+    if it were gathered) stays far below it (55 MiB measured on 1 GiB)."""
+    sample = SAMPLE.read_bytes()
+    src = tmp_path / "long.pcap"
+    with open(src, "wb") as f:
+        f.write(sample)
+        for _ in range(70):
+            f.write(sample[24:])
+    assert src.stat().st_size > 150_000_000
+    with open(src, "rb") as inp, open(os.devnull, "wb") as out:
+        p = subprocess.Popen([*CMD, "-"], stdin=inp, stdout=out, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        assert p.stderr is not None
+        err = p.stderr.read()
+        p.stderr.close()
+    assert p.returncode == 0, err
+    assert usage.ru_maxrss < 100 * 1024, usage.ru_maxrss  # KiB
