@@ -99,6 +99,19 @@ for _ in range(2):
 """
 
 
+def _servers(lab: Lab, label: str, tmp: Path) -> str:
+    """A namespace with an HTTP server on its loopback (and a certificate in tmp for the TLS
+    servers each conversation starts)."""
+    self_signed(tmp, "capture.pslim.test")
+    (tmp / "www").mkdir()
+    (tmp / "www" / "index.html").write_text("cleartext page\n" * 200)
+    ns = lab.ns(label)
+    lab.start(ns, [sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
+                   "--directory", str(tmp / "www")])  # fmt: skip
+    lab.wait_port(ns, 8080)
+    return ns
+
+
 def _producer(kind: str, ns: str) -> list[str]:
     if kind == "dumpcap":
         return ["ip", "netns", "exec", ns, "dumpcap", "-q", "-i", "lo", "-w", "-"]
@@ -112,15 +125,9 @@ def test_a_capture_tool_piped_into_pcap_slim(tmp_path, kind, rules):  # type: ig
     for tool in ("tcpdump", "dumpcap", "zstd", "tee", "ip"):
         assert shutil.which(tool), f"{tool} is needed (scripts/test installs it)"
     full, out = tmp_path / "full.cap", tmp_path / "slim.cap"
-    self_signed(tmp_path, "capture.pslim.test")
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "index.html").write_text("cleartext page\n" * 200)
     with Lab() as lab:
-        ns = lab.ns("cap")
-        lab.start(ns, [sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
-                       "--directory", str(tmp_path / "www")])  # fmt: skip
+        ns = _servers(lab, "cap", tmp_path)
         lab.start(ns, [sys.executable, "-c", TLS_ECHO, str(tmp_path)])
-        lab.wait_port(ns, 8080)
         lab.wait_port(ns, 443)
         chain = []
         log = open(tmp_path / "producer.log", "wb")  # noqa: SIM115
@@ -180,18 +187,12 @@ def test_tcpdump_rotating_files_has_each_slimmed_once_as_it_closes(tmp_path):  #
     assert command.exists(), "the pcap-slim command is not installed beside this Python"
     captures = tmp_path / "pcap"
     captures.mkdir()
-    self_signed(tmp_path, "capture.pslim.test")
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "index.html").write_text("cleartext page\n" * 200)
     with Lab() as lab:
-        ns = lab.ns("rot")
-        lab.start(ns, [sys.executable, "-m", "http.server", "8080", "--bind", "127.0.0.1",
-                       "--directory", str(tmp_path / "www")])  # fmt: skip
+        ns = _servers(lab, "rot", tmp_path)
         tcpdump = lab.start(ns, ["env", "PCAP_SLIM_RULES=forensic", "tcpdump", "-i", "lo", "-n",
                                  "-U", "-s", "0", "-Z", "root", "-G", "1", "-w",
                                  str(captures / "cap-%Y%m%d%H%M%S.pcap"), "-z", str(command)],
                             log=tmp_path / "tcpdump.log")  # fmt: skip
-        lab.wait_port(ns, 8080)
         deadline = time.monotonic() + 20
         while "listening on" not in (tmp_path / "tcpdump.log").read_text():
             assert time.monotonic() < deadline, "tcpdump did not start"
