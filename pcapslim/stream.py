@@ -50,7 +50,8 @@ from .formats import MIN_FILE_LEN, detect_format
 from .kernelset import active
 from .stats import SlimStats
 
-READ_BYTES = 1 << 16  # one read: what a pipe holds at most
+READ_BYTES = 1 << 20  # one read, at most (a pipe holds 64 KiB unless it was made larger)
+PIPE_BYTES = 1 << 20  # the size asked for an input pipe: fewer, larger reads
 BATCH_BYTES = 4 << 20  # reads taken back to back while more is waiting, before they are slimmed
 POLL_S = 0.1  # how often a wait for input looks whether the run was asked to stop
 SECTION_LEN_AT = 16  # the section length field of a pcapng section header block
@@ -75,6 +76,12 @@ class _Input:
         self.codec: str | None = None
 
     def start(self) -> None:
+        try:  # a larger pipe: a fast producer is read in fewer calls (Linux; best effort)
+            import fcntl
+
+            fcntl.fcntl(self.fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+        except OSError:
+            pass  # not a pipe, or above the system's limit: the default size
         while len(self._pending) < 4 and not self.eof:
             self._pending += self._read_raw(READ_BYTES)
         self.codec = detect(self._pending)
@@ -113,22 +120,25 @@ class _Input:
     def read(self) -> bytes:
         """The next bytes of the capture: one read, then more while more is already waiting."""
         if self._pending:
-            data, self._pending = self._pending, b""
+            first, self._pending = self._pending, b""
         else:
-            data = self._read_raw(READ_BYTES)
-        while data and len(data) < BATCH_BYTES and not self.eof:
+            first = self._read_raw(READ_BYTES)
+        chunks, size = [first], len(first)
+        while first and size < BATCH_BYTES and not self.eof:
             if not select.select([self.fd], [], [], 0)[0]:
                 break
             more = self._read_raw(READ_BYTES)
             if not more:
                 break
-            data += more
+            chunks.append(more)
+            size += len(more)
+        data = b"".join(chunks) if len(chunks) > 1 else first
         return self._decompress(data) if self._decompress is not None and data else data
 
 
 def slim_stream(
     fd_in: int,
-    write: Callable[[bytes], None],
+    write: Callable[[bytes | memoryview], None],
     *,
     rules: str = "compatible",
     name: str = "-",
@@ -194,7 +204,7 @@ def slim_stream(
                     out[at : at + 8] = np.frombuffer(UNSPECIFIED, dtype=np.uint8)
             count_window(stats, rec, n, cat_counts, None if pcapng else fmt.linktype)
             del view
-            write(out.tobytes())
+            write(out.data)
             out_total += len(out)
         else:
             del view
@@ -259,10 +269,10 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def fd_writer(fd: int) -> Callable[[bytes], None]:
+def fd_writer(fd: int) -> Callable[[bytes | memoryview], None]:
     """Every byte to fd, in order; ReaderGone when its reader went away."""
 
-    def write(data: bytes) -> None:
+    def write(data: bytes | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -290,7 +300,7 @@ class FileOutput:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=d)
         self.fd = fd
         self._raw = fd_writer(fd)
-        self._compress: Callable[[bytes], bytes] | None = None
+        self._compress: Callable[[bytes | memoryview], bytes] | None = None
         self._flush: Callable[[], bytes] | None = None
         self._end: Callable[[], bytes] | None = None
         if self.path.endswith(".zst"):
@@ -308,7 +318,7 @@ class FileOutput:
             self._end = g.flush
         self.disk_bytes = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._compress is not None and self._flush is not None:
             data = self._compress(data) + self._flush()
         self.disk_bytes += len(data)
