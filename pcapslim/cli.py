@@ -278,10 +278,14 @@ def _stream(src: Path, write_to: Path | None, rules: str, as_json: bool) -> int:
 
     t0 = time.perf_counter()
     name = "-" if str(src) == "-" else str(src)
-    out = FileOutput(str(write_to)) if write_to is not None else None
-    fd_in = 0 if name == "-" else os.open(name, os.O_RDONLY)
+    out: FileOutput | None = None
+    fd_in = 0
     result: FileResult
     try:
+        if name != "-":
+            fd_in = os.open(name, os.O_RDONLY)
+        if write_to is not None:
+            out = FileOutput(str(write_to))
         with StopFlag() as stop:
             write = out.write if out is not None else fd_writer(1)
             stats = slim_stream(fd_in, write, rules=rules, name=name, stopping=stop)
@@ -291,7 +295,7 @@ def _stream(src: Path, write_to: Path | None, rules: str, as_json: bool) -> int:
         result = FileResult(name, STATUS_OK, stats)
     except ReaderGone:
         return EXIT_OK  # whoever read the capture went away: nothing more to say
-    except (PcapslimError, OSError) as e:
+    except (PcapslimError, OSError) as e:  # OSError: the input, or where the copy goes
         if out is not None:
             out.abandon()
         result = FileResult(name, STATUS_FAIL, error=str(e))

@@ -173,6 +173,16 @@ def test_write_to_a_file_from_stdin_and_from_a_file(tmp_path, suffix):  # type: 
     assert SAMPLE.exists()
 
 
+def test_an_input_or_output_that_cannot_be_opened_fails_cleanly(tmp_path):  # type: ignore[no-untyped-def]
+    missing = stream(SAMPLE.read_bytes(), "-w", str(tmp_path / "no" / "such" / "dir.pcap"))
+    assert missing.returncode == 1 and missing.stdout == b""
+    assert b"FAIL -:" in missing.stderr and b"Traceback" not in missing.stderr
+    p = subprocess.run([*CMD, str(tmp_path / "gone.pcap"), "-w", str(tmp_path / "o.pcap")],
+                       capture_output=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1 and b"No such file" in p.stderr and b"Traceback" not in p.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["-", "x.pcap"], ["a.pcap", "b.pcap", "-w", "o.pcap"],
                                   ["-", "--check-only"],
                                   ["--dir", ".", "-w", "o.pcap"]])  # fmt: skip
