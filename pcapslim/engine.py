@@ -435,7 +435,6 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     if_snap = np.zeros(16, dtype=np.int64)
     sections = _Sections()
     pcapng = fmt.name == "pcapng"
-    le = int(fmt.little_endian)
     pos = fmt.header_len
     if pos:
         buf, _, s, _ = src.window(0, pos)
@@ -445,28 +444,11 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
     while not src.at_end(pos):
         buf, base, start, end = src.window(pos, want)
         rec = stage.rec
-        if pcapng and flow_table is None:
-            n, nxt, status, need = ks.index_pcapng(
-                buf, start, end, state, if_link, if_snap, rec, decide
-            )
-        elif pcapng:
-            n, nxt, status, need = ks.index_pcapng_forensic(
-                buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_state
-            )
-        elif flow_table is None:
-            n, nxt, status, need = ks.index_pcap(
-                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide
-            )
-        else:
-            n, nxt, status, need = ks.index_pcap_forensic(
-                buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide, flow_table, flow_state
-            )
+        n, nxt, status, need = index_window(
+            ks, fmt, buf, start, end, rec, decide, state, if_link, if_snap, flow_table, flow_state
+        )
         if n:
-            outlen = rec[:n, F_OUTLEN]
-            out_off = np.empty(n, dtype=np.int64)
-            out_off[0] = 0
-            np.cumsum(outlen[:-1], out=out_off[1:])
-            total = int(out_off[-1] + outlen[-1])
+            out_off, total = output_offsets(rec, n)
             if pcapng:
                 sections.feed(buf, rec, n, out_pos, out_off)
             if run.offsets is not None:
@@ -511,6 +493,45 @@ def _index_all(run: _Run, src: Source, fmt: CaptureFormat, stage: _CopyStage) ->
             stage.sink.patch(off, UNSPECIFIED_SECTION_LEN)
     finish_counts(stats, cat_counts, ks)
     return int(out_pos), int(pos)
+
+
+def index_window(
+    ks: KernelSet,
+    fmt: CaptureFormat,
+    buf: Bytes,
+    start: int,
+    end: int,
+    rec: npt.NDArray[np.int64],
+    decide: bool,
+    state: npt.NDArray[np.int64],
+    if_link: npt.NDArray[np.int64],
+    if_snap: npt.NDArray[np.int64],
+    flow_table: npt.NDArray[np.int64] | None,
+    flow_state: npt.NDArray[np.int64] | None,
+) -> tuple[int, int, int, int]:
+    """Index buf[start:end] with the kernel for the format and the rules (a flow table: the
+    forensic ones): (records, where indexing stopped, status, bytes needed)."""
+    if fmt.name == "pcapng":
+        if flow_table is None:
+            return ks.index_pcapng(buf, start, end, state, if_link, if_snap, rec, decide)
+        return ks.index_pcapng_forensic(
+            buf, start, end, state, if_link, if_snap, rec, decide, flow_table, flow_state
+        )
+    le = int(fmt.little_endian)
+    if flow_table is None:
+        return ks.index_pcap(buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide)
+    return ks.index_pcap_forensic(
+        buf, start, end, le, fmt.snaplen, fmt.linktype, rec, decide, flow_table, flow_state
+    )
+
+
+def output_offsets(rec: npt.NDArray[np.int64], n: int) -> tuple[npt.NDArray[np.int64], int]:
+    """Where each of records 0..n-1 starts in the window's output, and the output's size."""
+    outlen = rec[:n, F_OUTLEN]
+    out_off = np.empty(n, dtype=np.int64)
+    out_off[0] = 0
+    np.cumsum(outlen[:-1], out=out_off[1:])
+    return out_off, int(out_off[-1] + outlen[-1])
 
 
 def finish_counts(stats: SlimStats, cat_counts: npt.NDArray[np.int64], ks: KernelSet) -> None:

@@ -27,7 +27,6 @@ import numpy as np
 from .compression import GZIP, ZSTD, detect, require
 from .constants import (
     F_KIND,
-    F_OUTLEN,
     FLOW_PROBES,
     FLOW_SLOTS,
     FS_PROBES,
@@ -44,7 +43,16 @@ from .constants import (
     ST_NEED_MORE,
     ST_OK,
 )
-from .engine import _STATUS_TEXT, MAX_RECORDS, count_window, finish_counts
+from .engine import (
+    _STATUS_TEXT,
+    MAX_RECORDS,
+    SECTION_LEN_OFF,
+    UNSPECIFIED_SECTION_LEN,
+    count_window,
+    finish_counts,
+    index_window,
+    output_offsets,
+)
 from .errors import CorruptCaptureError, PcapslimError, UnknownFormatError
 from .formats import MIN_FILE_LEN, detect_format
 from .kernelset import active
@@ -54,8 +62,6 @@ READ_BYTES = 1 << 20  # one read, at most (a pipe holds 64 KiB unless it was mad
 PIPE_BYTES = 1 << 20  # the size asked for an input pipe: fewer, larger reads
 BATCH_BYTES = 4 << 20  # reads taken back to back while more is waiting, before they are slimmed
 POLL_S = 0.1  # how often a wait for input looks whether the run was asked to stop
-SECTION_LEN_AT = 16  # the section length field of a pcapng section header block
-UNSPECIFIED = b"\xff" * 8
 
 
 class ReaderGone(Exception):
@@ -168,7 +174,6 @@ def slim_stream(
     if_snap = np.zeros(16, dtype=np.int64)
     rec = np.zeros((MAX_RECORDS, N_FIELDS), dtype=np.int64)
     cat_counts = np.zeros(N_CATEGORIES, dtype=np.int64)
-    le = int(fmt.little_endian)
     read_total = len(buf)
     out_total = 0
     if fmt.header_len:
@@ -177,31 +182,18 @@ def slim_stream(
         del buf[: fmt.header_len]
     while True:
         view = np.frombuffer(buf, dtype=np.uint8) if buf else np.zeros(0, dtype=np.uint8)
-        if pcapng and table is None:
-            n, pos, status, need = ks.index_pcapng(view, 0, len(buf), state, if_link, if_snap,
-                                                   rec, True)  # fmt: skip
-        elif pcapng:
-            n, pos, status, need = ks.index_pcapng_forensic(
-                view, 0, len(buf), state, if_link, if_snap, rec, True, table, fstate
-            )
-        elif table is None:
-            n, pos, status, need = ks.index_pcap(view, 0, len(buf), le, fmt.snaplen,
-                                                 fmt.linktype, rec, True)  # fmt: skip
-        else:
-            n, pos, status, need = ks.index_pcap_forensic(
-                view, 0, len(buf), le, fmt.snaplen, fmt.linktype, rec, True, table, fstate
-            )
+        n, pos, status, need = index_window(
+            ks, fmt, view, 0, len(buf), rec, True, state, if_link, if_snap, table, fstate
+        )
         if n:
-            outlen = rec[:n, F_OUTLEN]
-            out_off = np.zeros(n, dtype=np.int64)
-            np.cumsum(outlen[:-1], out=out_off[1:])
-            out = np.empty(int(out_off[-1] + outlen[-1]), dtype=np.uint8)
+            out_off, total = output_offsets(rec, n)
+            out = np.empty(total, dtype=np.uint8)
             if ks.copy_records(view, rec, n, out, out_off, pcapng) != 0:
                 raise PcapslimError(f"{name}: a record fell outside its buffer (a bug)")
             if pcapng:  # no section length can be patched later on a pipe: unspecified
                 for i in np.flatnonzero(rec[:n, F_KIND] == KIND_SHB).tolist():
-                    at = int(out_off[i]) + SECTION_LEN_AT
-                    out[at : at + 8] = np.frombuffer(UNSPECIFIED, dtype=np.uint8)
+                    at = int(out_off[i]) + SECTION_LEN_OFF
+                    out[at : at + 8] = np.frombuffer(UNSPECIFIED_SECTION_LEN, dtype=np.uint8)
             count_window(stats, rec, n, cat_counts, None if pcapng else fmt.linktype)
             del view
             write(out.data)
