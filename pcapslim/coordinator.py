@@ -51,6 +51,13 @@ from .sinks import ThrottledSink
 from .stats import SlimStats
 from .throttle import CpuThrottle, IoThrottle
 
+# Files up to this size have their tmp re-read (SPEC §5, step 3) after it is written, in the
+# writer's thread; larger ones while it is written, by a helper that follows the writer. For a
+# small file the helper's hand-offs (a thread woken per file and per window written) cost more
+# than the re-read of its slim copy: 500 files of 2 MiB in place, two workers, measured in
+# benches/budget_check.py.
+REREAD_AFTER_MAX = 8 << 20
+
 
 @dataclass
 class Job:
@@ -311,7 +318,12 @@ class Commit:
             self.before = os.fstat(self.src_fd)
             if job.options.offset_map:
                 self.offsets = PendingMap(d, base)
-            self.trailing = _Trailing(path, _reopen_for_reading(tmp_fd, d, tmp_name(base)), job)
+            self.trailing = _Trailing(
+                path,
+                _reopen_for_reading(tmp_fd, d, tmp_name(base)),
+                job,
+                follow=self.before.st_size > REREAD_AFTER_MAX,
+            )
             self.stats = process(
                 name,
                 self.src_fd,
@@ -324,7 +336,8 @@ class Commit:
                 offsets=self.offsets.writer if self.offsets is not None else None,
                 compress_level=job.options.compress_level,
             )
-            self.trailing.growing.done()  # the re-read ends at what was written
+            if self.trailing.growing is not None:
+                self.trailing.growing.done()  # the re-read ends at what was written
         except BaseException:
             self._undo()
             raise
@@ -441,17 +454,20 @@ class _Trailing:
     more when it must be decompressed). When the writer had to start the file again, the
     re-read is made afresh after the write."""
 
-    def __init__(self, path: Path, read_fd: int, job: Job) -> None:
-        """`read_fd`: a descriptor of the tmp for reading, this object's to close."""
-        self.growing = Growing()
+    def __init__(self, path: Path, read_fd: int, job: Job, follow: bool = True) -> None:
+        """`read_fd`: a descriptor of the tmp for reading, this object's to close. Without
+        `follow` (a small file: see REREAD_AFTER_MAX), the re-read is made after the write,
+        in the writer's thread."""
+        self.growing: Growing | None = Growing() if follow else None
         self._path, self._job = path, job
         self._fd = read_fd
         self._result: SlimStats | None = None
         self._error: BaseException | None = None
-        self._done = helper("verify").submit(self._run)
+        self._done: Future[None] | None = helper("verify").submit(self._run) if follow else None
 
     def _run(self) -> None:
         try:
+            assert self.growing is not None
             self._result = self._count(self.growing)
         except BaseException as e:  # raised in the writer's thread by `result`
             self._error = e
@@ -473,10 +489,9 @@ class _Trailing:
 
     def result(self) -> SlimStats:
         """The writer is done: what the re-read found (its error, raised here)."""
-        self.growing.done()
-        self._done.result()
+        self._stop()
         try:
-            if self.growing.generation:
+            if self.growing is None or self.growing.generation:
                 return self._count(None)
             if self._error is not None:
                 raise self._error
@@ -487,9 +502,15 @@ class _Trailing:
 
     def abandon(self) -> None:
         """No result is wanted; the re-read ends. Safe after `result`, and twice."""
-        self.growing.done()
-        self._done.result()
+        self._stop()
         self._close()
+
+    def _stop(self) -> None:
+        """The writer is done: a following re-read reads to its end and ends."""
+        if self.growing is not None:
+            self.growing.done()
+        if self._done is not None:
+            self._done.result()
 
     def _close(self) -> None:
         # closed once: a second close could hit a descriptor another thread opened since

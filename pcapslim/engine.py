@@ -362,7 +362,9 @@ class _CopyStage:
         for off in self.inline:
             if at <= off < at + total:
                 out[off - at : off - at + 8] = 0xFF  # section length -1, in either byte order
-        self.sink.write(out[:total])
+        # the other output buffer is the next job's: this one is not written again before
+        # the sink's next write
+        self.sink.write_held(out[:total])
 
     def write_raw(self, data: Bytes) -> None:
         self.wait()

@@ -227,12 +227,7 @@ class LocalPool:
         pass  # the job shares the run's stop
 
     def failure(self, path: str, error: BaseException) -> FileResult:
-        return FileResult(
-            path,
-            STATUS_FAIL,
-            error=f"{path}: internal error {type(error).__name__}: {error}; the original is "
-            "untouched (please report this)",
-        )
+        return _internal_failure(path, error)
 
     def close(self) -> None:
         """The threads end (those left behind by a stop, blocked, are not waited for) and the
@@ -246,6 +241,70 @@ class LocalPool:
             for t in self._threads:
                 t.join()
             drain()
+
+
+class CheckPool:
+    """A check of `workers` files at once in which the scheduler's own thread checks files
+    too: one at a time, whenever the worker threads (`workers` - 1 of them) have no room.
+    Handing a file to a worker thread and its result back costs a small file's check about as
+    much again (threads waking each other and taking turns at the GIL); a check writes
+    nothing, so there is no commit to run beside it. A stop abandons a file at its next window
+    here as on a worker; a file blocked in a system call here cannot be left behind (see
+    Scheduler.finish), so this pool is for the command, whose last resort ends the process
+    (pcapslim.shutdown)."""
+
+    strand_seconds = STRAND_SECONDS
+
+    def __init__(self, job: Job, workers: int) -> None:
+        self.job = job
+        self.threads = LocalPool(job, workers - 1) if workers > 1 else None
+        self.slots = 1 + (self.threads.slots if self.threads is not None else 0)
+        self._out: list[Future[FileResult | None]] = []  # files with the worker threads
+
+    def submit(self, target: Target) -> Future[FileResult | None]:
+        if self.threads is not None:
+            self._out = [f for f in self._out if not f.done()]
+            if len(self._out) < self.threads.slots:
+                fut = self.threads.submit(target)
+                self._out.append(fut)
+                return fut
+        return self._check_here(target)
+
+    def _check_here(self, target: Target) -> Future[FileResult | None]:
+        from .coordinator import start_in_place
+
+        fut: Future[FileResult | None] = Future()
+        fut.set_running_or_notify_cancel()
+        stop = self.job.shutdown
+        if stop is not None and stop.requested:
+            fut.set_result(None)
+            return fut
+        try:
+            started = start_in_place(target, self.job)
+            assert isinstance(started, FileResult), "a check has nothing to commit"
+            fut.set_result(started)
+        except Exception as e:  # noqa: BLE001 - reaches the scheduler as a failure
+            fut.set_exception(e)
+        return fut
+
+    def stopping(self, why: str, abandon: bool) -> None:
+        pass  # the job shares the run's stop
+
+    def failure(self, path: str, error: BaseException) -> FileResult:
+        return _internal_failure(path, error)
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()
+
+
+def _internal_failure(path: str, error: BaseException) -> FileResult:
+    return FileResult(
+        path,
+        STATUS_FAIL,
+        error=f"{path}: internal error {type(error).__name__}: {error}; the original is "
+        "untouched (please report this)",
+    )
 
 
 class Scheduler:
@@ -473,6 +532,10 @@ class _Session:
 
             return ClusterPool(self.client, self.options)
         assert self.job is not None
+        if self.options.check_only and self.stop.exits_when_stuck:
+            # the scheduler's thread checks files too (see CheckPool): a file blocked in it
+            # cannot be left behind, but the command's last resort ends the process
+            return CheckPool(self.job, self.options.workers)
         return LocalPool(self.job, self.options.workers)
 
     def run(

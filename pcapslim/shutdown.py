@@ -76,6 +76,12 @@ class Shutdown:
         self._refresh()
         return self._requested.is_set()
 
+    @property
+    def exits_when_stuck(self) -> bool:
+        """A stop ends the process even if its main thread is stuck (the command's last
+        resort is armed: see `installed`)."""
+        return self._exit_after is not None
+
     def request(self, why: str = "") -> None:
         if self._requested.is_set():
             self.abandon()

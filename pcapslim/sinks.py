@@ -30,6 +30,10 @@ class Sink(Protocol):
 
     def write(self, data: Bytes) -> None: ...
 
+    def write_held(self, data: Bytes) -> None:
+        """Write `data`, which the caller leaves as it is until its next write to this sink
+        or the sink's end: the sink may keep it instead of a copy."""
+
     def patch(self, offset: int, data: bytes) -> None: ...
 
 
@@ -60,6 +64,9 @@ class FdSink:
         if self.writeback and self.written - self._flushed >= WRITEBACK_BYTES:
             start_writeback(self.fd, self._flushed, self.written - self._flushed)
             self._flushed = self.written
+
+    def write_held(self, data: Bytes) -> None:
+        self.write(data)
 
     def patch(self, offset: int, data: bytes) -> None:
         if os.pwrite(self.fd, data, offset) != len(data):
@@ -116,6 +123,15 @@ class CompressedSink:
             self._buf = np.empty(n, dtype=np.uint8)
         self._buf[:n] = data
         self._pending = helper("compress").submit(self._z.write, self._buf[:n])
+
+    def write_held(self, data: Bytes) -> None:
+        """As `write`, without the copy: the caller keeps `data` unchanged until its next
+        write (the copy stage writes its two output buffers in turn)."""
+        self._wait()
+        if not self.ahead:
+            self._z.write(data)
+            return
+        self._pending = helper("compress").submit(self._z.write, data)
 
     def _wait(self) -> None:
         """The write in flight is done (its error, raised here)."""

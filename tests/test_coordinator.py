@@ -19,19 +19,35 @@ def _capture(n: int = 50) -> bytes:
     return capture(n, 0)
 
 
+@pytest.fixture(params=["after", "following"])
+def reread(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """Both ways of SPEC §5's re-read: after the write in the writer's thread (a small file),
+    and by a helper following the writer (a file above REREAD_AFTER_MAX, made 0 here). Yields
+    a function telling whether the calling thread is the one the re-read should run on."""
+    import threading
+
+    if request.param == "following":
+        monkeypatch.setattr(co, "REREAD_AFTER_MAX", 0)
+        return lambda: threading.current_thread().name.startswith("pcapslim-verify")
+    writer = threading.current_thread()
+    return lambda: threading.current_thread() is writer
+
+
 def _leftovers(d: Path) -> list[str]:
     return sorted(
         p.name for p in d.iterdir() if p.name.endswith(".tmp") or p.name == ".slim_markers"
     )
 
 
-def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch, reread):  # type: ignore[no-untyped-def]
     f = tmp_path / "v.pcap"
     data = _capture()
     f.write_bytes(data)
     real_process = co.process
 
     def process_then_lose_bytes(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
+        if sink is None:
+            assert reread(), "the re-read ran on the wrong thread"
         stats = real_process(path, fd, sink, **kw)
         if sink is not None:  # the slim pass: the disk loses the last 40 bytes of the tmp
             os.ftruncate(sink.fd, stats.out_bytes - 40)
@@ -47,7 +63,7 @@ def test_verification_mismatch_keeps_the_original(tmp_path, monkeypatch):  # typ
     assert _leftovers(tmp_path) == []
 
 
-def test_a_copy_that_re_reads_short_keeps_the_original(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_copy_that_re_reads_short_keeps_the_original(tmp_path, monkeypatch, reread):  # type: ignore[no-untyped-def]
     """The re-read itself comes up one record short (as a copy that loses a record would)."""
     f = tmp_path / "r.pcap"
     data = _capture()
@@ -57,6 +73,7 @@ def test_a_copy_that_re_reads_short_keeps_the_original(tmp_path, monkeypatch):  
     def recount(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
         stats = real_process(path, fd, sink, **kw)
         if not kw.get("decide", True):  # the verification re-read
+            assert reread(), "the re-read ran on the wrong thread"
             stats.records -= 1
             stats.in_pkts -= 1
         return stats
@@ -120,7 +137,7 @@ def test_something_planted_at_the_marker_fails_the_file(tmp_path, planted):  # t
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_a_re_read_that_fails_removes_the_tmp_and_says_why(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_re_read_that_fails_removes_the_tmp_and_says_why(tmp_path, monkeypatch, reread):  # type: ignore[no-untyped-def]
     """The verification re-read itself fails (an I/O error on the tmp): the tmp is removed, the
     original kept, and the error is the re-read's. (Its descriptor was closed a second time on
     the way out: the file failed with "Bad file descriptor", its tmp left behind, and the
@@ -132,6 +149,7 @@ def test_a_re_read_that_fails_removes_the_tmp_and_says_why(tmp_path, monkeypatch
 
     def failing_re_read(path, fd, sink, **kw):  # type: ignore[no-untyped-def]
         if not kw.get("decide", True):
+            assert reread(), "the re-read ran on the wrong thread"
             raise OSError(errno.EIO, "Input/output error", path)
         return real_process(path, fd, sink, **kw)
 

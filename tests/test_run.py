@@ -4,8 +4,10 @@ sockets, device nodes) failing at once; the options object."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import signal
 import socket
 import stat
 import subprocess
@@ -253,10 +255,12 @@ def test_options_out_of_range_are_usage_errors(kw, message):  # type: ignore[no-
 def test_the_job_follows_the_options():  # type: ignore[no-untyped-def]
     stop = Shutdown()
     job = build_job(Options(workers=4, max_io_mbps=2, stop=stop))
-    assert not job.use_mmap  # more than two files at once: buffered reads
+    assert not job.use_mmap  # more than one file at once: buffered reads
     assert job.io is not None and job.io.sleep == stop.sleep and job.shutdown is stop
-    assert build_job(Options(workers=2)).use_mmap
+    assert build_job(Options(workers=1)).use_mmap
+    assert not build_job(Options(workers=2)).use_mmap
     assert build_job(Options(workers=4, mmap=True)).use_mmap
+    assert not build_job(Options(workers=1, mmap=False)).use_mmap
 
 
 def test_reports_metrics_and_the_run_layer_load_without_the_engine():  # type: ignore[no-untyped-def]
@@ -465,3 +469,73 @@ def test_a_worker_slims_its_next_file_while_the_last_one_commits(tmp_path, monke
         assert (tmp_path / n).read_bytes() == expected_slim(data[n])
         assert (tmp_path / ".slim_markers" / n).exists()
     assert tmps(tmp_path) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_check_by_the_command_checks_files_in_its_own_thread(tmp_path, workers):  # type: ignore[no-untyped-def]
+    """Where a stop ends the process even with its main thread stuck (the command arms that
+    last resort), a check hands no file to a worker thread and back when it can check it
+    itself: with one worker every file is checked in the scheduler's own thread, with two
+    that thread checks files beside one worker thread. Without it (a library caller), every
+    file goes to the worker threads. The results are the same file for file."""
+    for i in range(12):
+        f = tmp_path / f"f{i:02d}.pcap"
+        f.write_bytes(capture(20 + i, 3, tls=tls_frame(900)))
+        age(f, 3600 - i)
+
+    def run(armed: bool) -> tuple[list[tuple[str, str, int, int, int]], set[str]]:
+        threads: dict[str, str] = {}
+
+        def progress(path: str, done: int, total: int) -> None:
+            threads[Path(path).name] = threading.current_thread().name
+
+        stop = Shutdown()
+        options = Options(check_only=True, workers=workers, on_progress=progress, stop=stop)
+        if armed:
+            with stop.installed(exit_seconds=30.0):
+                results = pcapslim.slim_dir(tmp_path, options)
+        else:
+            results = pcapslim.slim_dir(tmp_path, options)
+        assert sorted(threads) == [Path(r.path).name for r in results]
+        rows = [
+            (Path(r.path).name, r.status, r.stats.in_pkts, r.stats.truncated, r.stats.out_bytes)
+            for r in results
+            if r.stats is not None
+        ]
+        return rows, set(threads.values())
+
+    command, command_threads = run(armed=True)
+    library, library_threads = run(armed=False)
+    assert command == library and len(command) == 12
+    assert all(status == "ok" and cut > 0 for _, status, _, cut, _ in command)
+    assert all(name.startswith("pcapslim-file-") for name in library_threads), library_threads
+    if workers == 1:
+        assert command_threads == {"MainThread"}
+    else:
+        assert command_threads == {"MainThread", "pcapslim-file-0"}
+    # the slim sizes are the independent model's
+    for name, _, _, _, out in command:
+        assert out == len(expected_slim((tmp_path / name).read_bytes()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stopped_check_takes_no_new_file_and_ends(tmp_path, workers):  # type: ignore[no-untyped-def]
+    """SIGTERM to the command checking a directory (one file at a time in its own thread, or
+    beside a worker): it takes no new file and ends within the grace; nothing is written."""
+    for i in range(8):
+        (tmp_path / f"f{i}.pcap").write_bytes(capture(2000, 10))  # 0.55 MB: 2.7 s each
+    before = listing(tmp_path)
+    argv = [*CLI, "--dir", str(tmp_path), "--check-only", "--workers", str(workers),
+            "--max-io-mbps", "0.2", "--output", "json"]  # fmt: skip
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    took = time.monotonic() - t0
+    assert p.returncode == 0, err
+    doc = json.loads(out)
+    assert 1 <= len(doc["files"]) <= 2 * workers + 1, doc["files"]
+    assert all(e["status"] in ("ok", "abandoned") for e in doc["files"])
+    assert took < 10.0, took
+    assert listing(tmp_path) == before  # a check writes nothing, not even a marker
