@@ -47,7 +47,7 @@ CODEC_TOOLS = {
     "gzip": (["gzip", "-6", "-c"], ["gzip", "-dc"], ".gz"),
 }
 MIB = 1 << 20
-FLOOR_REPEAT = 3  # floor measurements per scenario (at most `repeat`), their median judged
+FLOOR_REPEAT = 3  # floor measurements of a scaling scenario (at most `repeat`), their median
 
 
 class BudgetFileError(Exception):
@@ -359,14 +359,14 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
             for _ in range(repeat):
                 one_worker.append(_run_once(ours, s, work, workers=1)[0])
                 runs.append(_run_once(ours, s, work, workers=s.workers))
+            theirs = None
+            startup = _startup_floor(ours, s, work, repeat) if s.beyond_startup else None
+            out_bytes = runs[-1][2]
+            floor = None
+            if s.floor:
+                floor = _floor_median(s, out_bytes, work, min(repeat, FLOOR_REPEAT))
         else:
-            runs = [_run_once(ours, s, work) for _ in range(repeat)]
-        theirs = [_run_once([against], s, work)[0] for _ in range(repeat)] if against else None
-        startup = _startup_floor(ours, s, work, repeat) if s.beyond_startup else None
-        out_bytes = runs[-1][2]
-        floor = _floor_median(s, out_bytes, work, min(repeat, FLOOR_REPEAT)) if s.floor else None
-        if floor is not None and "startup" in s.floor.split("+"):
-            floor += _startup_floor(ours, s, work, repeat)  # the command on an empty directory
+            runs, theirs, startup, floor = _alternating(s, repeat, against, ours, work)
         size = 0
         if s.kind != "startup":
             files = s.files if s.kind in ("dir", "scaling") else 1
@@ -387,6 +387,46 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _alternating(
+    s: Scenario, repeat: int, against: str | None, ours: list[str], work: Path
+) -> tuple[list[tuple[float, int, int]], list[float] | None, float | None, float | None]:
+    """`repeat` rounds, each of one run of ours, one of theirs, one measurement of the floor
+    and one of the start-up (where the scenario needs them), so that each meets the machine
+    as the others do (this one's speed drifts by a third within minutes): (our runs, their
+    times, the median start-up, the median floor, its start-up part included)."""
+    needs_startup = s.beyond_startup or "startup" in s.floor.split("+")
+    if needs_startup:
+        _startup_once(ours, s, work)  # the first run after a change pays for the bytecode
+    runs: list[tuple[float, int, int]] = []
+    theirs: list[float] = []
+    startups: list[float] = []
+    floors: list[float] = []
+    for _ in range(repeat):
+        runs.append(_run_once(ours, s, work))
+        if against:
+            theirs.append(_run_once([against], s, work)[0])
+        if needs_startup:
+            startups.append(_startup_once(ours, s, work))
+        if s.floor:
+            floors.append(_floor(s, runs[-1][2], work))
+    startup = statistics.median(startups) if startups else None
+    floor = statistics.median(floors) if floors else None
+    if floor is not None and startup is not None and "startup" in s.floor.split("+"):
+        floor += startup  # the command on an empty directory
+    return runs, theirs if against else None, startup if s.beyond_startup else None, floor
+
+
+def _startup_once(cmd: list[str], s: Scenario, work: Path) -> float:
+    """Seconds of the same command on an empty directory (see _startup_floor)."""
+    empty = work / "empty"
+    shutil.rmtree(empty, ignore_errors=True)
+    empty.mkdir(parents=True)
+    argv = [*cmd, "--dir", str(empty), *s.args, "--output", "json"]
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=dict(os.environ, **s.env), check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def _startup_floor(cmd: list[str], s: Scenario, work: Path, repeat: int) -> float:

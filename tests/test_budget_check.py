@@ -198,3 +198,39 @@ def test_the_floor_is_the_median_of_its_measurements(tmp_path, monkeypatch):  # 
     monkeypatch.setattr(bc, "_floor", one)
     s = bc.Scenario("x", "single", floor="read")
     assert bc._floor_median(s, 0, tmp_path, bc.FLOOR_REPEAT) == 1.0 and len(calls) == 3
+
+
+def test_runs_floors_and_start_ups_alternate(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """This machine's speed drifts within minutes: each round runs ours, theirs, the start-up
+    and the floor once, and the medians of the rounds are judged."""
+    from benches import budget_check as bc
+
+    order: list[str] = []
+    ours = iter([2.0, 1.0, 3.0])
+    theirs = iter([5.0, 4.0, 6.0])
+    startups = iter([0.2, 0.1, 0.1, 0.3])  # the first one is the warm-up
+    floors = iter([1.0, 0.5, 0.7])
+
+    def run_once(cmd, s, work, workers=None):  # type: ignore[no-untyped-def]
+        mine = cmd == ["ours"]
+        order.append("ours" if mine else "theirs")
+        return (next(ours) if mine else next(theirs)), 1, 100
+
+    def startup_once(cmd, s, work):  # type: ignore[no-untyped-def]
+        order.append("startup")
+        return next(startups)
+
+    def floor(s, out_bytes, work):  # type: ignore[no-untyped-def]
+        assert out_bytes == 100
+        order.append("floor")
+        return next(floors)
+
+    monkeypatch.setattr(bc, "_run_once", run_once)
+    monkeypatch.setattr(bc, "_startup_once", startup_once)
+    monkeypatch.setattr(bc, "_floor", floor)
+    s = bc.Scenario("x", "dir", floor="read+startup")
+    runs, their, startup, judged = bc._alternating(s, 3, "theirs", ["ours"], tmp_path)
+    assert order == ["startup"] + ["ours", "theirs", "startup", "floor"] * 3
+    assert [r[0] for r in runs] == [2.0, 1.0, 3.0] and their == [5.0, 4.0, 6.0]
+    assert startup is None  # judged whole, not beyond start-up
+    assert judged == 0.7 + 0.1  # the floors' median plus the start-ups' median
