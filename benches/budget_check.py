@@ -359,7 +359,7 @@ def run_scenario(s: Scenario, repeat: int, against: str | None, ours: list[str])
             for _ in range(repeat):
                 one_worker.append(_run_once(ours, s, work, workers=1)[0])
                 runs.append(_run_once(ours, s, work, workers=s.workers))
-            theirs = None
+            theirs = [_run_once([against], s, work)[0] for _ in range(repeat)] if against else None
             startup = _startup_floor(ours, s, work, repeat) if s.beyond_startup else None
             out_bytes = runs[-1][2]
             floor = None
@@ -492,8 +492,10 @@ def _print_table(results: list[Result], against: str | None) -> None:
                f"{r.startup_s:.3f}" if r.startup_s else "-", ratio,
                budget, f"{j['mb_per_s']:.0f}" if j["mb_per_s"] else "-",
                f"{r.peak_rss / MIB:.0f}"]  # fmt: skip
-        if against:
+        if against and "against_median_s" in j:
             row += [f"{j['against_median_s']:.3f}", f"{j['ours_over_theirs']:.2f}"]
+        elif against:
+            row += ["-", "-"]
         row.append("yes" if r.ok else "OVER")
         t.add_row(*row)
     Console(width=170).print(t)

@@ -17,6 +17,8 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
+from .shutdown import quiet_thread
+
 T = TypeVar("T")
 _local = threading.local()
 
@@ -28,7 +30,7 @@ def helper(kind: str) -> ThreadPoolExecutor:
         pools = _local.pools = {}
     pool = pools.get(kind)
     if pool is None:
-        pool = pools[kind] = ThreadPoolExecutor(1, f"pcapslim-{kind}")
+        pool = pools[kind] = ThreadPoolExecutor(1, f"pcapslim-{kind}", initializer=quiet_thread)
     return pool
 
 

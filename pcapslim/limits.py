@@ -4,7 +4,7 @@ in a module light enough for `pcap-slim --help` to import at start-up."""
 from __future__ import annotations
 
 RULES = ("compatible", "forensic")
-MMAP_MAX_WORKERS = 1  # default reads: mapped with up to this many workers, buffered above
+MMAP_MAX_WORKERS = 2  # default reads: mapped with up to this many workers, buffered above
 # the ranges of the numeric options: (lowest, highest), None where unbounded
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     "workers": (1, 256),

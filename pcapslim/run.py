@@ -258,13 +258,16 @@ class CheckPool:
     def __init__(self, job: Job, workers: int) -> None:
         self.job = job
         self.threads = LocalPool(job, workers - 1) if workers > 1 else None
-        self.slots = 1 + (self.threads.slots if self.threads is not None else 0)
+        self.slots = workers
         self._out: list[Future[FileResult | None]] = []  # files with the worker threads
 
     def submit(self, target: Target) -> Future[FileResult | None]:
         if self.threads is not None:
+            # a file per worker thread, no more: one queued behind it would wait there while
+            # this thread could have checked it (four files of 256 MiB, two workers: the
+            # worker thread took three of them)
             self._out = [f for f in self._out if not f.done()]
-            if len(self._out) < self.threads.slots:
+            if len(self._out) < self.threads.workers:
                 fut = self.threads.submit(target)
                 self._out.append(fut)
                 return fut
@@ -433,10 +436,15 @@ class Scheduler:
         while self._waiting and len(self._busy) < self.pool.slots:
             _, _, target = heapq.heappop(self._waiting)
             self._queued.discard(str(target.path))
-            with signals_to_main():  # whatever thread the pool starts for it
+            if isinstance(self.pool, CheckPool):
+                # it may check the file in this thread, which must take a stop meanwhile (its
+                # worker threads block the stop signals from their start)
                 fut = self.pool.submit(target)
-                self._busy[fut] = target
-                fut.add_done_callback(self._done)
+            else:
+                with signals_to_main():  # whatever thread the pool starts for it
+                    fut = self.pool.submit(target)
+            self._busy[fut] = target
+            fut.add_done_callback(self._done)
 
     def _done(self, fut: Future[FileResult | None]) -> None:
         self._finished.append(fut)

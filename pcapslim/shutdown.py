@@ -49,6 +49,13 @@ def signals_to_main() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def quiet_thread() -> None:
+    """The calling thread (a helper) blocks the stop signals, so that the kernel hands them to
+    the main thread, as signals_to_main does for the threads it starts (a helper may be started
+    by the main thread itself, when a check runs there)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 class Shutdown:
     """A run's stop: requested by a signal (once `install`ed) or by `request()` from any
     thread. Listeners hear of every request (the scheduler wakes on them)."""

@@ -19,6 +19,7 @@ from .compression import Decompressor, detect
 from .follow import Growing
 from .helpers import helper, kept
 from .pagecache import populate
+from .shutdown import quiet_thread
 
 if TYPE_CHECKING:  # numpy.typing costs a run 20 ms to import
     import numpy.typing as npt
@@ -370,6 +371,7 @@ class _Prefetcher:
         self._thread.start()
 
     def _produce(self) -> None:
+        quiet_thread()
         offset = 0
         try:
             while not self._stop.is_set():
