@@ -80,14 +80,17 @@ class ClusterPool:
         self._told: dict[str, object] = {}
 
     def submit(self, target: Target) -> Future[FileResult | None]:
-        future: Future[FileResult | None] = self.client.submit(
-            run_task,
-            target,
-            self.options,
-            self.run,
-            key=f"pcapslim-{self.run}-{next(self._numbers)}",
-            pure=False,
-        )
+        from .shutdown import signals_to_main
+
+        with signals_to_main():  # whatever thread the client starts for it
+            future: Future[FileResult | None] = self.client.submit(
+                run_task,
+                target,
+                self.options,
+                self.run,
+                key=f"pcapslim-{self.run}-{next(self._numbers)}",
+                pure=False,
+            )
         return future
 
     def stopping(self, why: str, abandon: bool) -> None:

@@ -260,9 +260,7 @@ class CheckPool:
         self.job = job
 
     def submit(self, target: Target) -> Future[FileResult | None]:
-        return self._check_here(target)
-
-    def _check_here(self, target: Target) -> Future[FileResult | None]:
+        """Checks the file now, in this thread (which takes the stop signals meanwhile)."""
         from .coordinator import start_in_place
 
         fut: Future[FileResult | None] = Future()
@@ -424,12 +422,7 @@ class Scheduler:
         while self._waiting and len(self._busy) < self.pool.slots:
             _, _, target = heapq.heappop(self._waiting)
             self._queued.discard(str(target.path))
-            if isinstance(self.pool, CheckPool):
-                # it checks the file in this thread, which must take a stop meanwhile
-                fut = self.pool.submit(target)
-            else:
-                with signals_to_main():  # whatever thread the pool starts for it
-                    fut = self.pool.submit(target)
+            fut = self.pool.submit(target)  # each pool leaves the stop signals to this thread
             self._busy[fut] = target
             fut.add_done_callback(self._done)
 

@@ -114,15 +114,14 @@ class CompressedSink:
             self._counted += len(chunk)
 
     def write(self, data: Bytes) -> None:
-        self._wait()
-        if not self.ahead:
-            self._z.write(data)
-            return
-        n = len(data)
-        if self._buf.shape[0] < n:
-            self._buf = np.empty(n, dtype=np.uint8)
-        self._buf[:n] = data
-        self._pending = helper("compress").submit(self._z.write, self._buf[:n])
+        if self.ahead:  # compressed after the caller may have changed `data`: a copy of it
+            self._wait()  # the copy's buffer is free
+            n = len(data)
+            if self._buf.shape[0] < n:
+                self._buf = np.empty(n, dtype=np.uint8)
+            self._buf[:n] = data
+            data = self._buf[:n]
+        self.write_held(data)
 
     def write_held(self, data: Bytes) -> None:
         """As `write`, without the copy: the caller keeps `data` unchanged until its next
